@@ -1,0 +1,63 @@
+// MmapRegion: sole owner of an mmap()ed range; unmaps it on destruction.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "vmm/base/result.h"
+
+namespace vmm {
+
+class MmapRegion {
+ public:
+  MmapRegion() = default;
+  ~MmapRegion() { reset(); }
+  MmapRegion(MmapRegion&& o) noexcept
+      : addr_(std::exchange(o.addr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  MmapRegion& operator=(MmapRegion&& o) noexcept {
+    if (this != &o) {
+      reset();
+      addr_ = std::exchange(o.addr_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  MmapRegion(const MmapRegion&) = delete;
+  MmapRegion& operator=(const MmapRegion&) = delete;
+
+  // Anonymous private zero-filled memory (MAP_NORESERVE: pages are committed on touch).
+  static Result<MmapRegion> anonymous(size_t size) {
+    return map(nullptr, size, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  }
+
+  static Result<MmapRegion> map(void* hint, size_t size, int prot, int flags, int fd,
+                                off_t offset) {
+    if (size == 0) return make_error("mmap of zero bytes");
+    void* p = ::mmap(hint, size, prot, flags, fd, offset);
+    if (p == MAP_FAILED) return errno_error("mmap of {} bytes", size);
+    MmapRegion r;
+    r.addr_ = static_cast<uint8_t*>(p);
+    r.size_ = size;
+    return r;
+  }
+
+  uint8_t* data() const { return addr_; }
+  size_t size() const { return size_; }
+  bool valid() const { return addr_ != nullptr; }
+
+  void reset() {
+    if (addr_) ::munmap(addr_, size_);
+    addr_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  uint8_t* addr_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace vmm

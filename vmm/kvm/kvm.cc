@@ -1,0 +1,194 @@
+#include "vmm/kvm/kvm.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+
+#include <cstdlib>
+
+namespace vmm {
+
+namespace {
+
+// KVM ioctls whose argument is a struct: one helper for the errno message.
+template <typename T>
+Result<void> ioctl_set(int fd, unsigned long req, const T& v, const char* what) {
+  if (::ioctl(fd, req, &v) < 0) return errno_error("{}", what);
+  return ok();
+}
+template <typename T>
+Result<T> ioctl_get(int fd, unsigned long req, const char* what) {
+  T v{};
+  if (::ioctl(fd, req, &v) < 0) return errno_error("{}", what);
+  return v;
+}
+
+}  // namespace
+
+kvm_cpuid_entry2* CpuidTable::find(uint32_t function, uint32_t index) {
+  for (auto& e : entries_) {
+    if (e.function != function) continue;
+    if ((e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) && e.index != index) continue;
+    return &e;
+  }
+  return nullptr;
+}
+
+Result<KvmSystem> KvmSystem::open(const char* path) {
+  int fd = ::open(path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return errno_error("cannot open {}", path);
+  KvmSystem k;
+  k.fd_.reset(fd);
+  int v = k.api_version();
+  if (v != KVM_API_VERSION)
+    return make_error("{}: KVM API version {} (this VMM needs {})", path, v, KVM_API_VERSION);
+  return k;
+}
+
+int KvmSystem::api_version() const { return ::ioctl(fd_.get(), KVM_GET_API_VERSION, 0); }
+
+int KvmSystem::check_extension(long cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+Result<int> KvmSystem::vcpu_mmap_size() const {
+  int r = ::ioctl(fd_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (r <= 0) return errno_error("KVM_GET_VCPU_MMAP_SIZE");
+  return r;
+}
+
+Result<CpuidTable> KvmSystem::supported_cpuid() const {
+  for (size_t n = 64; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    c->nent = static_cast<uint32_t>(n);
+    if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, c) == 0)
+      return CpuidTable(std::vector<kvm_cpuid_entry2>(c->entries, c->entries + c->nent));
+    if (errno != E2BIG) return errno_error("KVM_GET_SUPPORTED_CPUID");
+  }
+  return make_error("KVM_GET_SUPPORTED_CPUID: table too large");
+}
+
+Result<std::vector<uint32_t>> KvmSystem::msr_index_list() const {
+  kvm_msr_list probe{};
+  probe.nmsrs = 0;
+  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
+    return errno_error("KVM_GET_MSR_INDEX_LIST");
+  std::vector<uint8_t> buf(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(uint32_t));
+  auto* l = reinterpret_cast<kvm_msr_list*>(buf.data());
+  l->nmsrs = probe.nmsrs;
+  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, l) < 0) return errno_error("KVM_GET_MSR_INDEX_LIST");
+  return std::vector<uint32_t>(l->indices, l->indices + l->nmsrs);
+}
+
+Result<VmFd> KvmSystem::create_vm() const {
+  VMM_TRY(int mmap_size, vcpu_mmap_size());
+  int fd = ::ioctl(fd_.get(), KVM_CREATE_VM, 0);
+  if (fd < 0) return errno_error("KVM_CREATE_VM");
+  return VmFd(UniqueFd(fd), mmap_size);
+}
+
+int VmFd::check_extension(long cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+Result<void> VmFd::set_user_memory_region(uint32_t slot, uint64_t gpa, uint64_t size, void* host,
+                                          uint32_t flags) {
+  kvm_userspace_memory_region r{};
+  r.slot = slot;
+  r.flags = flags;
+  r.guest_phys_addr = gpa;
+  r.memory_size = size;
+  r.userspace_addr = reinterpret_cast<uint64_t>(host);
+  if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &r) < 0)
+    return errno_error("KVM_SET_USER_MEMORY_REGION slot {} at {:#x} size {:#x}", slot, gpa, size);
+  return ok();
+}
+
+Result<void> VmFd::set_tss_addr(uint64_t addr) {
+  if (::ioctl(fd_.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(addr)) < 0)
+    return errno_error("KVM_SET_TSS_ADDR");
+  return ok();
+}
+
+Result<void> VmFd::set_identity_map_addr(uint64_t addr) {
+  return ioctl_set(fd_.get(), KVM_SET_IDENTITY_MAP_ADDR, addr, "KVM_SET_IDENTITY_MAP_ADDR");
+}
+
+Result<void> VmFd::create_irqchip() {
+  if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) < 0) return errno_error("KVM_CREATE_IRQCHIP");
+  return ok();
+}
+
+Result<void> VmFd::create_pit2() {
+  kvm_pit_config cfg{};
+  cfg.flags = KVM_PIT_SPEAKER_DUMMY;
+  return ioctl_set(fd_.get(), KVM_CREATE_PIT2, cfg, "KVM_CREATE_PIT2");
+}
+
+Result<void> VmFd::irq_line(uint32_t irq, bool level) {
+  kvm_irq_level l{};
+  l.irq = irq;
+  l.level = level ? 1 : 0;
+  return ioctl_set(fd_.get(), KVM_IRQ_LINE, l, "KVM_IRQ_LINE");
+}
+
+Result<VcpuFd> VmFd::create_vcpu(int id) {
+  int fd = ::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (fd < 0) return errno_error("KVM_CREATE_VCPU {}", id);
+  UniqueFd owned(fd);
+  VMM_TRY(auto run, MmapRegion::map(nullptr, static_cast<size_t>(vcpu_mmap_size_),
+                                    PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  return VcpuFd(std::move(owned), std::move(run));
+}
+
+int VcpuFd::run_once() {
+  if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) return errno;
+  return 0;
+}
+
+Result<kvm_regs> VcpuFd::get_regs() const { return ioctl_get<kvm_regs>(fd_.get(), KVM_GET_REGS, "KVM_GET_REGS"); }
+Result<void> VcpuFd::set_regs(const kvm_regs& r) { return ioctl_set(fd_.get(), KVM_SET_REGS, r, "KVM_SET_REGS"); }
+Result<kvm_sregs> VcpuFd::get_sregs() const { return ioctl_get<kvm_sregs>(fd_.get(), KVM_GET_SREGS, "KVM_GET_SREGS"); }
+Result<void> VcpuFd::set_sregs(const kvm_sregs& s) { return ioctl_set(fd_.get(), KVM_SET_SREGS, s, "KVM_SET_SREGS"); }
+Result<kvm_fpu> VcpuFd::get_fpu() const { return ioctl_get<kvm_fpu>(fd_.get(), KVM_GET_FPU, "KVM_GET_FPU"); }
+Result<void> VcpuFd::set_fpu(const kvm_fpu& f) { return ioctl_set(fd_.get(), KVM_SET_FPU, f, "KVM_SET_FPU"); }
+Result<kvm_lapic_state> VcpuFd::get_lapic() const { return ioctl_get<kvm_lapic_state>(fd_.get(), KVM_GET_LAPIC, "KVM_GET_LAPIC"); }
+Result<void> VcpuFd::set_lapic(const kvm_lapic_state& l) { return ioctl_set(fd_.get(), KVM_SET_LAPIC, l, "KVM_SET_LAPIC"); }
+Result<kvm_vcpu_events> VcpuFd::get_vcpu_events() const { return ioctl_get<kvm_vcpu_events>(fd_.get(), KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"); }
+Result<void> VcpuFd::set_vcpu_events(const kvm_vcpu_events& e) { return ioctl_set(fd_.get(), KVM_SET_VCPU_EVENTS, e, "KVM_SET_VCPU_EVENTS"); }
+Result<kvm_mp_state> VcpuFd::get_mp_state() const { return ioctl_get<kvm_mp_state>(fd_.get(), KVM_GET_MP_STATE, "KVM_GET_MP_STATE"); }
+Result<void> VcpuFd::set_mp_state(const kvm_mp_state& s) { return ioctl_set(fd_.get(), KVM_SET_MP_STATE, s, "KVM_SET_MP_STATE"); }
+
+Result<void> VcpuFd::set_cpuid2(const CpuidTable& table) {
+  const auto& e = table.entries();
+  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + e.size() * sizeof(kvm_cpuid_entry2));
+  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  c->nent = static_cast<uint32_t>(e.size());
+  std::copy(e.begin(), e.end(), c->entries);
+  if (::ioctl(fd_.get(), KVM_SET_CPUID2, c) < 0) return errno_error("KVM_SET_CPUID2");
+  return ok();
+}
+
+Result<void> VcpuFd::set_msrs(std::span<const kvm_msr_entry> entries) {
+  std::vector<uint8_t> buf(sizeof(kvm_msrs) + entries.size() * sizeof(kvm_msr_entry));
+  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
+  m->nmsrs = static_cast<uint32_t>(entries.size());
+  std::copy(entries.begin(), entries.end(), m->entries);
+  int r = ::ioctl(fd_.get(), KVM_SET_MSRS, m);
+  if (r < 0) return errno_error("KVM_SET_MSRS");
+  if (static_cast<size_t>(r) != entries.size())
+    return make_error("KVM_SET_MSRS: MSR {:#x} refused", entries[static_cast<size_t>(r)].index);
+  return ok();
+}
+
+Result<uint64_t> VcpuFd::translate(uint64_t gva) const {
+  kvm_translation t{};
+  t.linear_address = gva;
+  if (::ioctl(fd_.get(), KVM_TRANSLATE, &t) < 0) return errno_error("KVM_TRANSLATE {:#x}", gva);
+  if (!t.valid) return make_error("guest virtual address {:#x} is not mapped", gva);
+  return static_cast<uint64_t>(t.physical_address);
+}
+
+}  // namespace vmm

@@ -1,0 +1,98 @@
+#include "vmm/memory/guest_memory.h"
+
+#include <algorithm>
+
+#include "vmm/base/checked_math.h"
+
+namespace vmm {
+
+Result<GuestMemory> GuestMemory::create_anonymous(
+    const std::vector<std::pair<Gpa, uint64_t>>& ranges) {
+  GuestMemory mem;
+  for (auto [start, size] : ranges) {
+    if (size == 0) return make_error("guest memory region at {:#x} has zero size", start);
+    VMM_TRY(auto mapping, MmapRegion::anonymous(size));
+    VMM_CHECK(mem.add_region(start, std::move(mapping)));
+  }
+  return mem;
+}
+
+Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping) {
+  if (!mapping.valid() || mapping.size() == 0)
+    return make_error("guest memory region at {:#x} has no mapping", start);
+  auto end = checked_add(start, mapping.size());
+  if (!end) return make_error("guest memory region at {:#x} wraps around", start);
+  for (const auto& r : regions_) {
+    if (start < r.end() && r.start < *end)
+      return make_error("guest memory region [{:#x}, {:#x}) overlaps [{:#x}, {:#x})", start,
+                        *end, r.start, r.end());
+  }
+  regions_.push_back(GuestRegion{start, std::move(mapping)});
+  std::sort(regions_.begin(), regions_.end(),
+            [](const GuestRegion& a, const GuestRegion& b) { return a.start < b.start; });
+  return ok();
+}
+
+uint64_t GuestMemory::total_size() const {
+  uint64_t t = 0;
+  for (const auto& r : regions_) t += r.size();
+  return t;
+}
+
+const GuestRegion* GuestMemory::find(Gpa gpa) const {
+  for (const auto& r : regions_)
+    if (gpa >= r.start && gpa < r.end()) return &r;
+  return nullptr;
+}
+
+Result<std::span<uint8_t>> GuestMemory::span(Gpa gpa, uint64_t len) const {
+  const GuestRegion* r = find(gpa);
+  if (!r) return make_error("guest address {:#x} is not in guest memory", gpa);
+  uint64_t off = gpa - r->start;
+  if (len > r->size() - off)
+    return make_error("guest range [{:#x}, +{:#x}) crosses the end of guest memory", gpa, len);
+  return std::span<uint8_t>(r->host() + off, len);
+}
+
+bool GuestMemory::contains(Gpa gpa, uint64_t len) const {
+  auto end = checked_add(gpa, len);
+  if (!end) return false;
+  while (len > 0) {
+    const GuestRegion* r = find(gpa);
+    if (!r) return false;
+    uint64_t chunk = std::min(len, r->end() - gpa);
+    gpa += chunk;
+    len -= chunk;
+  }
+  return true;
+}
+
+Result<void> GuestMemory::read(Gpa gpa, std::span<uint8_t> out) const {
+  if (!contains(gpa, out.size()))
+    return make_error("guest read of {} bytes at {:#x} is outside guest memory", out.size(), gpa);
+  size_t done = 0;
+  while (done < out.size()) {
+    const GuestRegion* r = find(gpa + done);
+    uint64_t off = gpa + done - r->start;
+    size_t chunk = std::min<uint64_t>(out.size() - done, r->size() - off);
+    std::memcpy(out.data() + done, r->host() + off, chunk);
+    done += chunk;
+  }
+  return ok();
+}
+
+Result<void> GuestMemory::write(Gpa gpa, std::span<const uint8_t> in) const {
+  if (!contains(gpa, in.size()))
+    return make_error("guest write of {} bytes at {:#x} is outside guest memory", in.size(), gpa);
+  size_t done = 0;
+  while (done < in.size()) {
+    const GuestRegion* r = find(gpa + done);
+    uint64_t off = gpa + done - r->start;
+    size_t chunk = std::min<uint64_t>(in.size() - done, r->size() - off);
+    std::memcpy(r->host() + off, in.data() + done, chunk);
+    done += chunk;
+  }
+  return ok();
+}
+
+}  // namespace vmm

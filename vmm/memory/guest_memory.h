@@ -1,0 +1,72 @@
+// GuestMemory: the guest's physical address space as a set of non-overlapping
+// host mappings. Every access is checked (address, length, overflow, region
+// boundaries): a guest- or file-controlled address can never reach host memory
+// outside the guest.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "vmm/base/mmap_region.h"
+#include "vmm/base/result.h"
+
+namespace vmm {
+
+using Gpa = uint64_t;  // guest physical address
+
+struct GuestRegion {
+  Gpa start;
+  MmapRegion mapping;
+  uint64_t size() const { return mapping.size(); }
+  uint8_t* host() const { return mapping.data(); }
+  Gpa end() const { return start + size(); }  // exclusive
+};
+
+class GuestMemory {
+ public:
+  GuestMemory() = default;
+  GuestMemory(GuestMemory&&) = default;
+  GuestMemory& operator=(GuestMemory&&) = default;
+
+  // One anonymous region per (start, size); refuses overlaps, zero sizes, wraparound.
+  static Result<GuestMemory> create_anonymous(
+      const std::vector<std::pair<Gpa, uint64_t>>& ranges);
+
+  // Adds a region that maps existing memory (e.g. a file). Same checks.
+  Result<void> add_region(Gpa start, MmapRegion mapping);
+
+  const std::vector<GuestRegion>& regions() const { return regions_; }
+  uint64_t total_size() const;
+
+  // Host span for [gpa, gpa+len) if it lies entirely inside one region.
+  Result<std::span<uint8_t>> span(Gpa gpa, uint64_t len) const;
+
+  // Copies that may cross region boundaries only where regions are contiguous.
+  Result<void> read(Gpa gpa, std::span<uint8_t> out) const;
+  Result<void> write(Gpa gpa, std::span<const uint8_t> in) const;
+
+  template <typename T>
+  Result<T> read_obj(Gpa gpa) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T v;
+    VMM_CHECK(read(gpa, std::span(reinterpret_cast<uint8_t*>(&v), sizeof(T))));
+    return v;
+  }
+  template <typename T>
+  Result<void> write_obj(Gpa gpa, const T& v) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&v), sizeof(T)));
+  }
+
+  // True if [gpa, gpa+len) is entirely backed by guest RAM.
+  bool contains(Gpa gpa, uint64_t len) const;
+
+ private:
+  const GuestRegion* find(Gpa gpa) const;
+  std::vector<GuestRegion> regions_;  // sorted by start
+};
+
+}  // namespace vmm
