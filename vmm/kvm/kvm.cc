@@ -3,11 +3,36 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 namespace vmm {
 
 namespace {
+
+// <linux/kvm.h> declares its variable-length structs with __DECLARE_FLEX_ARRAY,
+// which under C++ (linux-libc-dev 6.1) adds a byte: sizeof(kvm_cpuid2) is 12
+// instead of 8 and kvm_msrs' entries move to offset 16. The ioctl numbers that
+// encode those sizes, and the array offsets, are then wrong (KVM answers
+// EINVAL). We use the C layout: an 8- or 4-byte header, then the array.
+struct Cpuid2Header {
+  uint32_t nent;
+  uint32_t padding;
+};
+struct MsrsHeader {
+  uint32_t nmsrs;
+  uint32_t pad;
+};
+struct MsrListHeader {
+  uint32_t nmsrs;
+};
+static_assert(sizeof(Cpuid2Header) == 8 && sizeof(MsrsHeader) == 8 && sizeof(MsrListHeader) == 4);
+static_assert(sizeof(kvm_cpuid_entry2) == 40 && sizeof(kvm_msr_entry) == 16);
+constexpr unsigned long kIoctlGetSupportedCpuid = _IOWR(KVMIO, 0x05, Cpuid2Header);
+constexpr unsigned long kIoctlSetCpuid2 = _IOW(KVMIO, 0x90, Cpuid2Header);
+constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+constexpr unsigned long kIoctlGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
 
 // KVM ioctls whose argument is a struct: one helper for the errno message.
 template <typename T>
@@ -58,27 +83,35 @@ Result<int> KvmSystem::vcpu_mmap_size() const {
 }
 
 Result<CpuidTable> KvmSystem::supported_cpuid() const {
-  for (size_t n = 64; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  // 256 is KVM_MAX_CPUID_ENTRIES on current kernels; some hosts answer EINVAL
+  // (not E2BIG) to smaller buffers, so start there.
+  for (size_t n = 256; n <= 4096; n *= 4) {
+    std::vector<uint8_t> buf(sizeof(Cpuid2Header) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<Cpuid2Header*>(buf.data());
     c->nent = static_cast<uint32_t>(n);
-    if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, c) == 0)
-      return CpuidTable(std::vector<kvm_cpuid_entry2>(c->entries, c->entries + c->nent));
+    if (::ioctl(fd_.get(), kIoctlGetSupportedCpuid, c) == 0) {
+      std::vector<kvm_cpuid_entry2> entries(std::min<size_t>(c->nent, n));
+      std::memcpy(entries.data(), buf.data() + sizeof(Cpuid2Header),
+                  entries.size() * sizeof(kvm_cpuid_entry2));
+      return CpuidTable(std::move(entries));
+    }
     if (errno != E2BIG) return errno_error("KVM_GET_SUPPORTED_CPUID");
   }
   return make_error("KVM_GET_SUPPORTED_CPUID: table too large");
 }
 
 Result<std::vector<uint32_t>> KvmSystem::msr_index_list() const {
-  kvm_msr_list probe{};
-  probe.nmsrs = 0;
-  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
+  MsrListHeader probe{0};
+  if (::ioctl(fd_.get(), kIoctlGetMsrIndexList, &probe) < 0 && errno != E2BIG)
     return errno_error("KVM_GET_MSR_INDEX_LIST");
-  std::vector<uint8_t> buf(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(uint32_t));
-  auto* l = reinterpret_cast<kvm_msr_list*>(buf.data());
-  l->nmsrs = probe.nmsrs;
-  if (::ioctl(fd_.get(), KVM_GET_MSR_INDEX_LIST, l) < 0) return errno_error("KVM_GET_MSR_INDEX_LIST");
-  return std::vector<uint32_t>(l->indices, l->indices + l->nmsrs);
+  uint32_t n = probe.nmsrs;
+  std::vector<uint8_t> buf(sizeof(MsrListHeader) + n * sizeof(uint32_t));
+  auto* l = reinterpret_cast<MsrListHeader*>(buf.data());
+  l->nmsrs = n;
+  if (::ioctl(fd_.get(), kIoctlGetMsrIndexList, l) < 0) return errno_error("KVM_GET_MSR_INDEX_LIST");
+  std::vector<uint32_t> out(std::min(l->nmsrs, n));
+  std::memcpy(out.data(), buf.data() + sizeof(MsrListHeader), out.size() * sizeof(uint32_t));
+  return out;
 }
 
 Result<VmFd> KvmSystem::create_vm() const {
@@ -163,20 +196,18 @@ Result<void> VcpuFd::set_mp_state(const kvm_mp_state& s) { return ioctl_set(fd_.
 
 Result<void> VcpuFd::set_cpuid2(const CpuidTable& table) {
   const auto& e = table.entries();
-  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + e.size() * sizeof(kvm_cpuid_entry2));
-  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-  c->nent = static_cast<uint32_t>(e.size());
-  std::copy(e.begin(), e.end(), c->entries);
-  if (::ioctl(fd_.get(), KVM_SET_CPUID2, c) < 0) return errno_error("KVM_SET_CPUID2");
+  std::vector<uint8_t> buf(sizeof(Cpuid2Header) + e.size() * sizeof(kvm_cpuid_entry2));
+  reinterpret_cast<Cpuid2Header*>(buf.data())->nent = static_cast<uint32_t>(e.size());
+  std::memcpy(buf.data() + sizeof(Cpuid2Header), e.data(), e.size() * sizeof(kvm_cpuid_entry2));
+  if (::ioctl(fd_.get(), kIoctlSetCpuid2, buf.data()) < 0) return errno_error("KVM_SET_CPUID2");
   return ok();
 }
 
 Result<void> VcpuFd::set_msrs(std::span<const kvm_msr_entry> entries) {
-  std::vector<uint8_t> buf(sizeof(kvm_msrs) + entries.size() * sizeof(kvm_msr_entry));
-  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-  m->nmsrs = static_cast<uint32_t>(entries.size());
-  std::copy(entries.begin(), entries.end(), m->entries);
-  int r = ::ioctl(fd_.get(), KVM_SET_MSRS, m);
+  std::vector<uint8_t> buf(sizeof(MsrsHeader) + entries.size() * sizeof(kvm_msr_entry));
+  reinterpret_cast<MsrsHeader*>(buf.data())->nmsrs = static_cast<uint32_t>(entries.size());
+  std::memcpy(buf.data() + sizeof(MsrsHeader), entries.data(), entries.size_bytes());
+  int r = ::ioctl(fd_.get(), kIoctlSetMsrs, buf.data());
   if (r < 0) return errno_error("KVM_SET_MSRS");
   if (static_cast<size_t>(r) != entries.size())
     return make_error("KVM_SET_MSRS: MSR {:#x} refused", entries[static_cast<size_t>(r)].index);

@@ -1,0 +1,80 @@
+/* guest.h: constants and tiny helpers shared by the test guest's C and .S files.
+ * Addresses and ports must match boot/x86_64/layout.h on the VMM side. */
+#pragma once
+
+/* --- Fixed guest-physical addresses --- */
+#define TRAMPOLINE_ADDR   0x8000       /* AP real-mode trampoline (SIPI vector 0x08) */
+#define SPIN_COUNTER_ADDR 0x60000      /* `spin` increments a u64 here */
+#define MP_EBDA_START     0x9fc00      /* MP floating pointer search windows */
+#define MP_EBDA_END       0xa0000
+#define MP_BIOS_START     0xf0000
+#define MP_BIOS_END       0x100000
+#define LAPIC_BASE        0xfee00000
+#define PROBE_MMIO_BASE   0xd0000000   /* boot probe, MMIO window (8 bytes) */
+
+/* --- Ports --- */
+#define COM1_PORT         0x3f8
+#define PROBE_PORT        0x4f0        /* +0: progress mark (u8), +4: exit code */
+#define PROBE_EXIT_PORT   (PROBE_PORT + 4)
+#define PROBE_SIGNATURE   0x504d4d56   /* "VMMP" */
+#define I8042_CMD_PORT    0x64
+#define I8042_CMD_RESET   0xfe
+
+/* --- Stacks --- */
+#define BOOT_STACK_SIZE   16384
+#define AP_MAX            64           /* APs `smp` will start (and stacks we have) */
+#define AP_STACK_SHIFT    10           /* 1 KiB per AP: it only calls ap_main() */
+
+/* Exception stubs in entry.S are ISR_STUB_SIZE bytes apart. */
+#define ISR_STUB_SIZE     8
+
+#ifndef __ASSEMBLER__
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) {
+  uint8_t v;
+  __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+static inline void cpu_pause(void) { __asm__ volatile("pause"); }
+static inline uint64_t rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((uint64_t)hi << 32) | lo;
+}
+static inline uint64_t rdmsr(uint32_t msr) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+  return ((uint64_t)hi << 32) | lo;
+}
+static inline void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
+  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(subleaf));
+}
+static inline void barrier(void) { __asm__ volatile("" : : : "memory"); }
+__attribute__((noreturn)) static inline void halt_forever(void) {
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* console (main.c): polled COM1 */
+void con_putc(char c);
+void con_puts(const char *s);
+void con_dec(uint64_t v);
+void con_hex(uint64_t v); /* lowercase, no "0x", no leading zeros */
+
+/* idt.c */
+void idt_init(void);
+
+/* smp.c */
+unsigned mp_count_cpus(void); /* processor entries in the MP table, 0 if none */
+unsigned smp_boot_aps(void);  /* CPUs that ran (BSP included) */
+
+/* lib.c: the compiler may emit calls to these even when freestanding. */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+#endif

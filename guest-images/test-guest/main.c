@@ -1,0 +1,317 @@
+/* main.c: console (polled COM1), number helpers and the command loop.
+ * The line protocol is documented in README.md. */
+#include "guest.h"
+
+/* --- struct boot_params (Linux zero page) fields we read --- */
+#define BP_E820_ENTRIES 0x1e8 /* u8 */
+#define BP_CMD_LINE_PTR 0x228 /* u32 */
+#define BP_E820_TABLE 0x2d0   /* 20-byte packed entries */
+#define BP_E820_MAX 128
+#define E820_RAM 1
+#define CMDLINE_MAX 0x10000
+
+#define SPIN_TICK_EVERY (1u << 16)
+
+struct e820_entry {
+  uint64_t addr;
+  uint64_t size;
+  uint32_t type;
+} __attribute__((packed));
+
+static const uint8_t *boot_params;
+
+/* --- COM1, polled (no interrupts) --- */
+#define UART_DATA 0 /* RBR (read) / THR (write) */
+#define UART_IER 1
+#define UART_LCR 3
+#define UART_LSR 5
+#define LSR_DATA_READY 0x01
+#define LSR_THR_EMPTY 0x20
+
+static void serial_init(void) {
+  outb(COM1_PORT + UART_IER, 0x00); /* no UART interrupts: we poll */
+  outb(COM1_PORT + UART_LCR, 0x03); /* 8N1, DLAB off; keep the VMM's divisor */
+}
+
+void con_putc(char c) {
+  while (!(inb(COM1_PORT + UART_LSR) & LSR_THR_EMPTY)) cpu_pause();
+  outb(COM1_PORT + UART_DATA, (uint8_t)c);
+}
+
+static char con_getc(void) {
+  while (!(inb(COM1_PORT + UART_LSR) & LSR_DATA_READY)) cpu_pause();
+  return (char)inb(COM1_PORT + UART_DATA);
+}
+
+void con_puts(const char *s) {
+  while (*s) con_putc(*s++);
+}
+
+void con_dec(uint64_t v) {
+  char buf[21];
+  int i = sizeof(buf);
+  buf[--i] = 0;
+  do buf[--i] = (char)('0' + v % 10); while (v /= 10);
+  con_puts(&buf[i]);
+}
+
+void con_hex(uint64_t v) {
+  char buf[17];
+  int i = sizeof(buf);
+  buf[--i] = 0;
+  do buf[--i] = "0123456789abcdef"[v & 15]; while (v >>= 4);
+  con_puts(&buf[i]);
+}
+
+/* Decimal, digits only, no sign; fails on empty input, junk or > max. */
+static bool parse_dec(const char *s, uint64_t max, uint64_t *out) {
+  uint64_t v = 0;
+  if (!*s) return false;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return false;
+    unsigned d = (unsigned)(*s - '0');
+    if (v > (max - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return true;
+}
+
+/* Hex with optional 0x prefix; fails on empty input, junk or > max. */
+static bool parse_hex(const char *s, uint64_t max, uint64_t *out) {
+  uint64_t v = 0;
+  if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s += 2;
+  if (!*s) return false;
+  for (; *s; s++) {
+    unsigned d;
+    if (*s >= '0' && *s <= '9') d = (unsigned)(*s - '0');
+    else if (*s >= 'a' && *s <= 'f') d = (unsigned)(*s - 'a' + 10);
+    else if (*s >= 'A' && *s <= 'F') d = (unsigned)(*s - 'A' + 10);
+    else return false;
+    if (v > (max >> 4)) return false;
+    v = v << 4 | d;
+  }
+  *out = v;
+  return true;
+}
+
+static bool streq(const char *a, const char *b) {
+  while (*a && *a == *b) a++, b++;
+  return *a == *b;
+}
+
+/* --- Commands: each prints exactly one reply line (except count/spin) --- */
+static void bad_argument(void) { con_puts("ERR bad argument\n"); }
+
+static void cmd_echo(const char *arg) {
+  con_puts(arg);
+  con_putc('\n');
+}
+
+static void cmd_cmdline(const char *arg) {
+  (void)arg;
+  uint32_t ptr = *(const uint32_t *)(boot_params + BP_CMD_LINE_PTR);
+  con_puts("cmdline ");
+  if (ptr) {
+    const char *s = (const char *)(uintptr_t)ptr;
+    for (unsigned i = 0; i < CMDLINE_MAX && s[i]; i++) con_putc(s[i]);
+  }
+  con_putc('\n');
+}
+
+static void cmd_mem(const char *arg) {
+  (void)arg;
+  unsigned n = boot_params[BP_E820_ENTRIES];
+  const struct e820_entry *e = (const struct e820_entry *)(boot_params + BP_E820_TABLE);
+  uint64_t total = 0;
+  for (unsigned i = 0; i < n && i < BP_E820_MAX; i++)
+    if (e[i].type == E820_RAM) total += e[i].size;
+  con_puts("mem ");
+  con_dec(total);
+  con_puts(" e820 ");
+  con_dec(n);
+  con_putc('\n');
+}
+
+static void cmd_cpus(const char *arg) {
+  (void)arg;
+  con_puts("cpus ");
+  con_dec(mp_count_cpus());
+  con_putc('\n');
+}
+
+static void cmd_smp(const char *arg) {
+  (void)arg;
+  unsigned ran = smp_boot_aps();
+  con_puts("smp ");
+  con_dec(ran);
+  con_putc('\n');
+}
+
+static void cmd_probe(const char *arg) {
+  uint64_t v;
+  if (!parse_dec(arg, 255, &v)) {
+    bad_argument();
+    return;
+  }
+  outb(PROBE_PORT, (uint8_t)v);
+  con_puts("probe ");
+  con_dec(inb(PROBE_PORT));
+  con_putc('\n');
+}
+
+static void cmd_mmio(const char *arg) {
+  uint64_t v;
+  if (!parse_dec(arg, 255, &v)) {
+    bad_argument();
+    return;
+  }
+  volatile uint8_t *mark = (volatile uint8_t *)(uintptr_t)PROBE_MMIO_BASE;
+  volatile uint32_t *sig = (volatile uint32_t *)(uintptr_t)(PROBE_MMIO_BASE + 4);
+  *mark = (uint8_t)v;   /* 1-byte write, offset 0 */
+  uint8_t back = *mark; /* 1-byte read, offset 0 */
+  uint32_t s = *sig;    /* 4-byte read, offset 4 */
+  con_puts("mmio ");
+  con_dec(back);
+  con_puts(" sig ");
+  con_hex(s);
+  con_putc('\n');
+}
+
+static void cmd_exit(const char *arg) {
+  uint64_t v;
+  if (!parse_dec(arg, 0xffffffffu, &v)) {
+    bad_argument();
+    return;
+  }
+  outl(PROBE_EXIT_PORT, (uint32_t)v);
+  con_puts("exit ignored\n");
+}
+
+static void cmd_reset(const char *arg) {
+  (void)arg;
+  outb(I8042_CMD_PORT, I8042_CMD_RESET);
+  con_puts("reset ignored\n");
+}
+
+static void cmd_cpuid(const char *arg) {
+  uint64_t leaf;
+  uint32_t r[4];
+  if (!parse_hex(arg, 0xffffffffu, &leaf)) {
+    bad_argument();
+    return;
+  }
+  cpuid((uint32_t)leaf, 0, r);
+  con_puts("cpuid");
+  for (int i = 0; i < 4; i++) {
+    con_putc(' ');
+    con_hex(r[i]);
+  }
+  con_putc('\n');
+}
+
+static void cmd_int3(const char *arg) {
+  (void)arg;
+  __asm__ volatile("int3" : : : "memory"); /* #BP handler prints "bp handled" */
+  con_puts("int3 ok\n");
+}
+
+static void cmd_fwait(const char *arg) {
+  (void)arg;
+  __asm__ volatile("fwait");
+  con_puts("fwait ok\n");
+}
+
+static void cmd_triple(const char *arg) {
+  (void)arg;
+  /* With a zero-limit IDT, int3 -> #GP -> #DF -> triple fault (shutdown). */
+  struct {
+    uint16_t limit;
+    uint64_t base;
+  } __attribute__((packed)) idtr = {0, 0};
+  __asm__ volatile("lidt %0; int3" : : "m"(idtr) : "memory");
+  con_puts("triple survived\n"); /* not reached */
+}
+
+static void cmd_count(const char *arg) {
+  uint64_t n;
+  if (!parse_dec(arg, 1000000, &n)) {
+    bad_argument();
+    return;
+  }
+  for (uint64_t i = 1; i <= n; i++) {
+    con_puts("count ");
+    con_dec(i);
+    con_putc('\n');
+  }
+  con_puts("count done\n");
+}
+
+static void cmd_spin(const char *arg) {
+  (void)arg;
+  /* The state lives in guest RAM (not a register) so snapshot/migration
+   * tests can read it and see it keep growing after a restore. */
+  volatile uint64_t *counter = (volatile uint64_t *)(uintptr_t)SPIN_COUNTER_ADDR;
+  *counter = 0;
+  for (;;) {
+    uint64_t v = *counter + 1;
+    *counter = v;
+    if ((v & (SPIN_TICK_EVERY - 1)) == 0) {
+      con_puts("tick ");
+      con_dec(v);
+      con_putc('\n');
+    }
+  }
+}
+
+static const struct {
+  const char *name;
+  void (*fn)(const char *arg);
+} commands[] = {
+    {"echo", cmd_echo},   {"cmdline", cmd_cmdline}, {"mem", cmd_mem},     {"cpus", cmd_cpus},
+    {"smp", cmd_smp},     {"probe", cmd_probe},     {"mmio", cmd_mmio},   {"exit", cmd_exit},
+    {"reset", cmd_reset}, {"cpuid", cmd_cpuid},     {"int3", cmd_int3},   {"fwait", cmd_fwait},
+    {"triple", cmd_triple}, {"count", cmd_count},   {"spin", cmd_spin},
+};
+
+#define LINE_MAX 128
+
+/* Reads one line: '\r' is ignored, '\n' ends it, characters beyond LINE_MAX are dropped. */
+static void read_line(char *buf) {
+  unsigned n = 0;
+  for (;;) {
+    char c = con_getc();
+    if (c == '\r') continue;
+    if (c == '\n') break;
+    if (n < LINE_MAX) buf[n++] = c;
+  }
+  buf[n] = 0;
+}
+
+static void run_command(char *line) {
+  /* "<name>" or "<name> <argument>": split at the first space. */
+  char *arg = line;
+  while (*arg && *arg != ' ') arg++;
+  if (*arg) *arg++ = 0;
+  for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+    if (streq(line, commands[i].name)) {
+      commands[i].fn(arg);
+      return;
+    }
+  }
+  con_puts("ERR unknown command\n");
+}
+
+void guest_main(const uint8_t *zero_page);
+
+void guest_main(const uint8_t *zero_page) {
+  boot_params = zero_page;
+  serial_init();
+  idt_init();
+  con_puts("TESTGUEST READY\n");
+  static char line[LINE_MAX + 1];
+  for (;;) {
+    read_line(line);
+    run_command(line);
+  }
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""KVM integration tests: the freestanding test guest (guest-images/test-guest)
+through the real vmm binary. Usage: test_guest_tests.py --vmm V --guest G NAME"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vmmtest import Guest, check, require_kvm  # noqa: E402
+
+TESTS = {}
+
+
+def test(fn):
+    TESTS[fn.__name__] = fn
+    return fn
+
+
+def boot(a, *args, **kw):
+    g = Guest(a.vmm, a.guest, args, **kw)
+    g.expect("TESTGUEST READY")
+    return g
+
+
+@test
+def serial_console(a):
+    g = boot(a)
+    try:
+        check(g.command("echo hello from the host", "hello from the host") ==
+              "hello from the host", "echo mismatch", g)
+        # A long line: the guest reads and answers every byte through the UART.
+        text = "x" * 100
+        check(g.command("echo " + text, text) == text, "long echo mismatch", g)
+        g.command("nonsense", "ERR unknown command")
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+
+
+@test
+def cmdline_and_memory(a):
+    g = boot(a, "--mem", "96M", "--cmdline", "console=ttyS0 hello=world",
+             "--cpuid-mitigation", "off")
+    try:
+        line = g.command("cmdline", "cmdline ")
+        check(line == "cmdline console=ttyS0 hello=world", f"cmdline was {line!r}", g)
+        line = g.command("mem", "mem ")
+        m = re.match(r"mem (\d+) e820 (\d+)", line)
+        check(m is not None, f"bad mem line {line!r}", g)
+        total = int(m.group(1))
+        # All RAM but the EBDA..1 MiB reserved hole is usable.
+        check(96 * 2**20 - 0x60400 == total, f"e820 RAM {total} for a 96 MiB guest", g)
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+
+
+@test
+def pio_mmio_roundtrip(a):
+    g = boot(a)
+    try:
+        for v in (0, 7, 255):
+            check(g.command(f"probe {v}", "probe ") == f"probe {v}", f"pio round trip {v}", g)
+            line = g.command(f"mmio {v}", "mmio ")
+            check(line == f"mmio {v} sig 504d4d56", f"mmio round trip: {line!r}", g)
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+
+
+@test
+def exit_codes(a):
+    for code in (0, 1, 42, 200):
+        g = boot(a)
+        try:
+            g.send(f"exit {code}")
+            rc = g.wait()
+            check(rc == code, f"guest exit {code} gave vmm exit code {rc}", g)
+            check(f"guest requested exit with code {code}" in g.err.decode(),
+                  "exit reason not logged", g)
+        finally:
+            g.kill()
+
+
+@test
+def reset(a):
+    g = boot(a)
+    try:
+        g.send("reset")
+        rc = g.wait()
+        check(rc == 0, f"reset gave exit code {rc}", g)
+        check("guest reset (i8042)" in g.err.decode(), "reset reason not logged", g)
+    finally:
+        g.kill()
+
+
+@test
+def triple_fault(a):
+    g = boot(a)
+    try:
+        g.send("triple")
+        rc = g.wait()
+        check(rc == 3, f"triple fault gave exit code {rc}", g)
+        check("triple fault" in g.err.decode(), "triple fault reason not logged", g)
+    finally:
+        g.kill()
+
+
+@test
+def two_vcpus(a):
+    g = boot(a, "--cpus", "2")
+    try:
+        check(g.command("cpus", "cpus ") == "cpus 2", "MP table should list 2 CPUs", g)
+        line = g.command("smp", "smp ", timeout=30)
+        check(line == "smp 2", f"AP bring-up: {line!r}", g)
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+    g = boot(a)
+    try:
+        check(g.command("cpus", "cpus ") == "cpus 1", "MP table should list 1 CPU", g)
+        g.send("exit 0")
+        g.wait()
+    finally:
+        g.kill()
+
+
+@test
+def emulation_fallback(a):
+    g = boot(a)
+    try:
+        g.send("int3")
+        g.expect("bp handled")
+        g.expect("int3 ok")
+        g.command("fwait", "fwait ok")
+        # Still alive and answering after both.
+        g.command("echo alive", "alive")
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+
+
+@test
+def bad_inputs(a):
+    import subprocess
+    with tempfile.TemporaryDirectory() as d:
+        garbage = os.path.join(d, "garbage")
+        with open(garbage, "wb") as f:
+            f.write(os.urandom(8192))
+        empty = os.path.join(d, "empty")
+        open(empty, "wb").close()
+        truncated = os.path.join(d, "truncated.elf")
+        with open(a.guest, "rb") as f:
+            data = f.read()
+        with open(truncated, "wb") as f:
+            f.write(data[: len(data) // 3])
+        cases = [
+            (["--kernel", os.path.join(d, "missing")], "missing kernel"),
+            (["--kernel", garbage], "garbage kernel"),
+            (["--kernel", empty], "empty kernel"),
+            (["--kernel", truncated], "truncated kernel"),
+            (["--kernel", a.guest, "--initrd", os.path.join(d, "missing")], "missing initrd"),
+            (["--kernel", a.guest, "--mem", "1M"], "too little memory"),
+            (["--kernel", a.guest, "--mem", "lots"], "unparsable memory"),
+            (["--kernel", a.guest, "--cpus", "0"], "zero cpus"),
+            (["--kernel", a.guest, "--serial", "tcp:1"], "bad serial"),
+            (["--kernel", a.guest, "--cpu-template", "nonesuch"], "bad cpu template"),
+            (["--bogus-flag"], "unknown flag"),
+        ]
+        for args, what in cases:
+            p = subprocess.run([a.vmm, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=30)
+            err = p.stderr.decode(errors="replace")
+            check(p.returncode in (1, 2), f"{what}: exit code {p.returncode}\n{err}")
+            check(len(err.strip()) > 0, f"{what}: no error message")
+            check("Sanitizer" not in err, f"{what}: sanitizer report\n{err}")
+            # A clear one-line reason, not a crash.
+            print(f"ok: {what}: rc={p.returncode}: {err.strip().splitlines()[-1]}")
+
+
+@test
+def boot_probe_log(a):
+    g = boot(a)
+    try:
+        g.command("probe 5", "probe 5")
+        g.send("exit 0")
+        g.wait()
+        check(re.search(r"boot probe: mark 5 at [0-9.]+ ms since VMM start", g.err.decode()),
+              "boot probe mark not logged with a time", g)
+    finally:
+        g.kill()
+
+
+@test
+def cpuid_probe(a):
+    g = boot(a)
+    try:
+        line = g.command("cmdline", "cmdline ")
+        err = g.err.decode()
+        if "does not virtualize CPUID" in err:
+            check("clearcpuid=" in line and "noxsave" in line,
+                  "mitigation detected but not on the command line", g)
+        else:
+            check("clearcpuid=" not in line, "mitigation added on a host that needs none", g)
+        g.send("exit 0")
+        g.wait()
+    finally:
+        g.kill()
+    g = boot(a, "--cpuid-mitigation", "on")
+    try:
+        check("clearcpuid=" in g.command("cmdline", "cmdline "), "--cpuid-mitigation on", g)
+        g.send("exit 0")
+        g.wait()
+    finally:
+        g.kill()
+    g = boot(a, "--cpuid-mitigation", "off")
+    try:
+        check("clearcpuid=" not in g.command("cmdline", "cmdline "), "--cpuid-mitigation off", g)
+        g.send("exit 0")
+        g.wait()
+    finally:
+        g.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm", required=True)
+    ap.add_argument("--guest", required=True)
+    ap.add_argument("name", choices=sorted(TESTS))
+    a = ap.parse_args()
+    require_kvm()
+    TESTS[a.name](a)
+    print(f"PASS {a.name}")
+
+
+if __name__ == "__main__":
+    main()

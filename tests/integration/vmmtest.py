@@ -1,0 +1,102 @@
+"""Drives the vmm binary with a guest on its serial console (stdin/stdout pipes)."""
+import os
+import select
+import subprocess
+import sys
+import time
+
+SKIP = 77
+
+
+def require_kvm():
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("SKIP: /dev/kvm is not available on this host")
+        sys.exit(SKIP)
+
+
+class Guest:
+    """A running vmm process whose serial console is our pipe."""
+
+    def __init__(self, vmm, kernel, args=(), log_level="info"):
+        self.cmd = [vmm, "--kernel", kernel, "--serial", "stdio", "--log-level", log_level, *args]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.out = b""
+        self.err = b""
+        self.pos = 0  # how far expect() has consumed self.out
+
+    def _pump(self, timeout):
+        fds = [f for f in (self.proc.stdout, self.proc.stderr) if f and not f.closed]
+        if not fds:
+            time.sleep(timeout)
+            return False
+        r, _, _ = select.select(fds, [], [], timeout)
+        got = False
+        for f in r:
+            data = os.read(f.fileno(), 65536)
+            if not data:
+                f.close()
+                continue
+            got = True
+            if f is self.proc.stdout:
+                self.out += data
+            else:
+                self.err += data
+        return got
+
+    def expect(self, text, timeout=20):
+        """Waits for text on the console after the last match; returns the line it is on."""
+        needle = text.encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            i = self.out.find(needle, self.pos)
+            # Only a complete line counts (or whatever is left once the vmm has exited).
+            end = self.out.find(b"\n", i) if i >= 0 else -1
+            if i >= 0 and (end >= 0 or self.proc.poll() is not None):
+                start = self.out.rfind(b"\n", 0, i) + 1
+                end = len(self.out) if end < 0 else end
+                self.pos = i + len(needle)
+                return self.out[start:end].decode(errors="replace").strip()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {text!r}\n{self.transcript()}")
+            if not self._pump(min(left, 0.2)) and self.proc.poll() is not None:
+                # drain anything left, then fail if still absent
+                while self._pump(0.05):
+                    pass
+                if self.out.find(needle, self.pos) < 0:
+                    raise AssertionError(f"vmm exited ({self.proc.returncode}) before {text!r}\n"
+                                         f"{self.transcript()}")
+
+    def send(self, line):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def command(self, line, expect, timeout=20):
+        self.send(line)
+        return self.expect(expect, timeout)
+
+    def wait(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"vmm did not exit within {timeout}s\n{self.transcript()}")
+            self._pump(0.1)
+        while self._pump(0.05):
+            pass
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def transcript(self):
+        return ("--- console ---\n" + self.out.decode(errors="replace") +
+                "\n--- vmm log ---\n" + self.err.decode(errors="replace"))
+
+
+def check(cond, msg, guest=None):
+    if not cond:
+        raise AssertionError(msg + ("\n" + guest.transcript() if guest else ""))

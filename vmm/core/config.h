@@ -1,0 +1,44 @@
+// The VM's configuration as the user gave it (CLI) with defaults applied.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "vmm/base/result.h"
+
+namespace vmm {
+
+enum class SerialMode { kStdio, kFile, kNone };
+enum class CpuidMitigation { kAuto, kOn, kOff };
+
+struct VmConfig {
+  std::string kernel;
+  std::string initrd;                 // empty: none
+  std::string cmdline;                // user's part; the VMM may append to it
+  bool cmdline_given = false;
+  uint64_t mem_bytes = 512ull << 20;
+  int cpus = 1;
+  SerialMode serial = SerialMode::kStdio;
+  std::string serial_path;            // for kFile
+  std::string cpu_template = "host";
+  CpuidMitigation cpuid_mitigation = CpuidMitigation::kAuto;
+  std::string boot_protocol = "auto";  // auto | linux64 | pvh
+  std::string log_level = "info";
+  uint32_t sample_rip_ms = 0;         // 0: off
+  std::string system_map;             // for symbolizing rip samples
+  std::string kvm_device = "/dev/kvm";
+};
+
+// "512M", "2G", "1048576", "64K": bytes. Refuses garbage and overflow.
+Result<uint64_t> parse_size(const std::string& text);
+
+// "stdio", "file:PATH", "none".
+Result<void> parse_serial(const std::string& text, VmConfig& cfg);
+
+// The default kernel command line when the user gives none.
+inline constexpr const char* kDefaultCmdline =
+    "console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux i8042.nopnp "
+    "i8042.dumbkbd";
+
+}  // namespace vmm

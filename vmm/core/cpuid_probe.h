@@ -1,0 +1,21 @@
+// Detects hosts whose KVM does not virtualize CPUID (the guest sees the host's
+// values whatever KVM_SET_CPUID2 says). Runs a few-instruction real-mode guest
+// in a throwaway VM that executes CPUID leaf 1 and compares with what was set.
+#pragma once
+
+#include <cstdint>
+
+#include "vmm/base/result.h"
+#include "vmm/kvm/kvm.h"
+
+namespace vmm {
+
+struct CpuidProbeResult {
+  bool virtualized;
+  uint32_t set_ecx;   // leaf 1 ECX given to KVM_SET_CPUID2
+  uint32_t seen_ecx;  // leaf 1 ECX the guest read
+};
+
+Result<CpuidProbeResult> probe_cpuid_virtualization(const KvmSystem& kvm);
+
+}  // namespace vmm

@@ -1,0 +1,651 @@
+#include "vmm/core/vm.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "boot/x86_64/boot_params.h"
+#include "boot/x86_64/cpu_setup.h"
+#include "boot/x86_64/cpuid.h"
+#include "boot/x86_64/e820.h"
+#include "boot/x86_64/kernel_loader.h"
+#include "boot/x86_64/layout.h"
+#include "boot/x86_64/mptable.h"
+#include "boot/x86_64/zero_page.h"
+#include "devices/legacy/boot_probe.h"
+#include "devices/legacy/i8042.h"
+#include "devices/legacy/serial.h"
+#include "vmm/base/log.h"
+#include "vmm/core/cpuid_probe.h"
+#include "vmm/core/emulation_fallback.h"
+
+namespace vmm {
+
+namespace {
+
+const auto kProcessStart = std::chrono::steady_clock::now();
+
+constexpr uint64_t kMaxKernelSize = 512ull << 20;
+constexpr uint64_t kMaxInitrdSize = 2ull << 30;
+
+// The vCPU thread's kvm_run, so the kick signal handler can set immediate_exit
+// and close the race between a kick and the next KVM_RUN.
+thread_local kvm_run* tls_run = nullptr;
+
+void kick_handler(int) {
+  if (tls_run) tls_run->immediate_exit = 1;
+}
+
+constexpr int kKickSignal = SIGUSR1;
+
+class KvmIrqLine : public IrqLine {
+ public:
+  KvmIrqLine(VmFd& vm, uint32_t irq) : vm_(vm), irq_(irq) {}
+  void set_level(bool high) override {
+    auto r = vm_.irq_line(irq_, high);
+    if (!r.ok()) spdlog::warn("irq {}: {}", irq_, r.error().to_string());
+  }
+
+ private:
+  VmFd& vm_;
+  uint32_t irq_;
+};
+
+kvm_segment to_kvm(const boot::Segment& s) {
+  kvm_segment k{};
+  k.base = s.base;
+  k.limit = s.limit;
+  k.selector = s.selector;
+  k.type = s.type;
+  k.present = s.present;
+  k.dpl = s.dpl;
+  k.db = s.db;
+  k.s = s.s;
+  k.l = s.l;
+  k.g = s.g;
+  k.avl = s.avl;
+  k.unusable = s.present ? 0 : 1;
+  return k;
+}
+
+std::vector<boot::CpuidEntry> from_kvm(const CpuidTable& t) {
+  std::vector<boot::CpuidEntry> out;
+  for (const auto& e : t.entries())
+    out.push_back({e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx});
+  return out;
+}
+
+CpuidTable to_kvm(const std::vector<boot::CpuidEntry>& entries) {
+  std::vector<kvm_cpuid_entry2> out;
+  for (const auto& e : entries) {
+    kvm_cpuid_entry2 k{};
+    k.function = e.function;
+    k.index = e.index;
+    k.flags = e.flags;
+    k.eax = e.eax;
+    k.ebx = e.ebx;
+    k.ecx = e.ecx;
+    k.edx = e.edx;
+    out.push_back(k);
+  }
+  return CpuidTable(std::move(out));
+}
+
+}  // namespace
+
+std::chrono::steady_clock::time_point process_start_time() { return kProcessStart; }
+
+struct Vm::BootEntry {
+  boot::BootCpuState state;
+};
+
+Vm::Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem)
+    : cfg_(cfg), kvm_(std::move(kvm)), vm_(std::move(vm)), mem_(std::move(mem)) {}
+
+Vm::~Vm() {
+  if (console_in_) console_in_->stop();
+}
+
+double Vm::ms_since_start() const {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                   kProcessStart)
+      .count();
+}
+
+Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
+  // Everything that can be wrong with the user's input is checked before any
+  // KVM object exists.
+  if (cfg.kernel.empty()) return make_error("no kernel given (--kernel)");
+  VMM_CHECK(boot::validate_mem_size(cfg.mem_bytes));
+  if (cfg.cpus < 1 || cfg.cpus > 254) return make_error("--cpus {} is out of range 1..254", cfg.cpus);
+  if (cfg.boot_protocol != "auto" && cfg.boot_protocol != "linux64" && cfg.boot_protocol != "pvh")
+    return make_error("--boot-protocol '{}': expected auto, linux64 or pvh", cfg.boot_protocol);
+  VMM_TRY(auto kernel, boot::read_file(cfg.kernel, kMaxKernelSize));
+  std::vector<uint8_t> initrd;
+  if (!cfg.initrd.empty()) {
+    VMM_TRY(auto data, boot::read_file(cfg.initrd, std::min(kMaxInitrdSize, cfg.mem_bytes)));
+    initrd = std::move(data);
+  }
+  // A garbled kernel is refused here too: parse it into scratch memory first.
+  {
+    VMM_TRY(auto scratch, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
+    auto info = boot::load_kernel(scratch, kernel);
+    if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
+  }
+  VmInputs in{std::move(kernel), std::move(initrd), std::nullopt};
+  if (!cfg.system_map.empty()) {
+    VMM_TRY(auto m, SymbolMap::load(cfg.system_map));
+    in.symbols = std::move(m);
+  }
+  return in;
+}
+
+Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
+  VMM_TRY(auto kvm, KvmSystem::open(cfg.kvm_device.c_str()));
+  for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY}) {
+    if (!kvm.check_extension(cap)) return make_error("KVM lacks a required capability ({})", cap);
+  }
+  int max_vcpus = kvm.check_extension(KVM_CAP_MAX_VCPUS);
+  if (max_vcpus <= 0) max_vcpus = kvm.check_extension(KVM_CAP_NR_VCPUS);
+  if (max_vcpus > 0 && cfg.cpus > max_vcpus)
+    return make_error("--cpus {}: this host's KVM allows at most {}", cfg.cpus, max_vcpus);
+
+  VMM_TRY(auto vmfd, kvm.create_vm());
+  VMM_CHECK(vmfd.set_tss_addr(layout::kKvmTssAddr));
+  VMM_CHECK(vmfd.set_identity_map_addr(layout::kKvmIdentityMapAddr));
+  VMM_CHECK(vmfd.create_irqchip());
+  VMM_CHECK(vmfd.create_pit2());
+
+  VMM_TRY(auto mem, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
+  uint32_t slot = 0;
+  for (const auto& r : mem.regions())
+    VMM_CHECK(vmfd.set_user_memory_region(slot++, r.start, r.size(), r.host()));
+
+  std::unique_ptr<Vm> vm(new Vm(cfg, std::move(kvm), std::move(vmfd), std::move(mem)));
+  vm->symbols_ = std::move(in.symbols);
+  VMM_CHECK(vm->setup_devices());
+  VMM_CHECK(vm->load_guest(in.kernel, in.initrd));
+  for (int i = 0; i < cfg.cpus; ++i) {
+    VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
+    vm->vcpus_.push_back(std::make_unique<Vcpu>(i, std::move(fd)));
+    VMM_CHECK(vm->setup_vcpu(*vm->vcpus_.back(), i == 0));
+  }
+  return vm;
+}
+
+Result<void> Vm::setup_devices() {
+  int out_fd = -1;
+  bool owned = false;
+  if (cfg_.serial == SerialMode::kStdio) {
+    out_fd = STDOUT_FILENO;
+  } else if (cfg_.serial == SerialMode::kFile) {
+    out_fd = ::open(cfg_.serial_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out_fd < 0) return errno_error("cannot open serial output file '{}'", cfg_.serial_path);
+    owned = true;
+  }
+  serial_out_ = std::make_unique<SerialOutput>(
+      out_fd, owned, [this](PanicDetector::Event ev, const std::string& reason) {
+        if (ev == PanicDetector::Event::kPanic) {
+          std::lock_guard lk(stop_mu_);
+          panic_reason_ = reason;
+          // Let the kernel finish printing its trace, then stop.
+          panic_deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+          stop_cv_.notify_all();
+        } else if (ev == PanicDetector::Event::kPanicEnd) {
+          std::string r;
+          {
+            std::lock_guard lk(stop_mu_);
+            r = panic_reason_;
+          }
+          if (!r.empty()) request_stop({kExitGuestCrash, "guest kernel panic: " + r});
+        }
+      });
+  auto irq4 = std::make_shared<KvmIrqLine>(vm_, layout::kSerialIrq);
+  serial_ = std::make_shared<Serial16550>(
+      irq4, [this](std::span<const uint8_t> bytes) { serial_out_->write(bytes); });
+  VMM_CHECK(pio_.insert(layout::kSerialPort, 8, serial_, "serial0"));
+
+  i8042_ = std::make_shared<I8042>([this] { request_stop({kExitOk, "guest reset (i8042)"}); });
+  VMM_CHECK(pio_.insert(layout::kI8042DataPort, 1, i8042_, "i8042-data"));
+  VMM_CHECK(pio_.insert(layout::kI8042CommandPort, 1, i8042_, "i8042-cmd"));
+
+  probe_ = std::make_shared<BootProbe>(
+      [this](uint8_t mark) {
+        spdlog::info("boot probe: mark {} at {:.1f} ms since VMM start", mark, ms_since_start());
+      },
+      [this](uint32_t code) {
+        request_stop({static_cast<int>(code & 0xff),
+                      fmt::format("guest requested exit with code {}", code)});
+      });
+  VMM_CHECK(pio_.insert(layout::kBootProbePort, layout::kBootProbePortLen, probe_, "boot-probe"));
+  VMM_CHECK(mmio_.insert(layout::kBootProbeMmioAddr, 8, probe_, "boot-probe-mmio"));
+  return ok();
+}
+
+Result<void> Vm::load_guest(const std::vector<uint8_t>& kernel,
+                            const std::vector<uint8_t>& initrd) {
+  VMM_TRY(auto info, boot::load_kernel(mem_, kernel));
+
+  bool pvh = false;
+  if (cfg_.boot_protocol == "pvh") {
+    if (!info.has_pvh) return make_error("--boot-protocol pvh: kernel has no PVH entry note");
+    pvh = true;
+  }
+
+  // Command line: the user's (or the default), then host workarounds.
+  cmdline_ = cfg_.cmdline_given ? cfg_.cmdline : std::string(kDefaultCmdline);
+  bool mitigate = cfg_.cpuid_mitigation == CpuidMitigation::kOn;
+  if (cfg_.cpuid_mitigation == CpuidMitigation::kAuto) {
+    auto probe = probe_cpuid_virtualization(kvm_);
+    if (!probe.ok()) {
+      spdlog::warn("CPUID probe failed ({}); assuming CPUID is virtualized",
+                   probe.error().to_string());
+    } else if (!probe->virtualized) {
+      mitigate = true;
+      spdlog::info(
+          "this host's KVM does not virtualize CPUID (set leaf 1 ECX {:#010x}, guest saw "
+          "{:#010x}): clearing CPU features on the guest command line "
+          "(--cpuid-mitigation off to disable)",
+          probe->set_ecx, probe->seen_ecx);
+    }
+  }
+  if (mitigate) cmdline_ += " " + boot::cpuid_mitigation_cmdline();
+
+  VMM_CHECK(boot::write_cmdline(mem_, cmdline_, boot::max_cmdline_len(info)));
+
+  std::optional<boot::InitrdPlacement> initrd_at;
+  if (!initrd.empty()) {
+    VMM_TRY(auto placed,
+            boot::load_initrd(mem_, initrd, info.load_end, boot::initrd_addr_max(info)));
+    initrd_at = placed;
+  }
+  auto e820 = boot::build_e820(cfg_.mem_bytes);
+  VMM_CHECK(boot::write_mptable(mem_, cfg_.cpus));
+  VMM_CHECK(boot::write_identity_page_tables(mem_));
+  VMM_CHECK(boot::write_boot_gdt(mem_));
+
+  entry_ = std::make_unique<BootEntry>();
+  if (pvh) {
+    VMM_CHECK(boot::write_pvh_start_info(mem_, layout::kCmdlineAddr, initrd_at, e820));
+    entry_->state = boot::pvh_entry_state(info.pvh_entry, layout::kPvhStartInfoAddr);
+  } else {
+    VMM_CHECK(boot::write_zero_page(mem_, info, cmdline_.size(), initrd_at, e820));
+    entry_->state = boot::long_mode_entry_state(info.entry, layout::kZeroPageAddr);
+  }
+  spdlog::info("kernel {} ({}, {} entry at {:#x}), {} MiB, {} vCPU(s){}", cfg_.kernel,
+               info.kind == boot::KernelInfo::Kind::BzImage ? "bzImage" : "ELF",
+               pvh ? "PVH" : "64-bit", pvh ? info.pvh_entry : info.entry, cfg_.mem_bytes >> 20,
+               cfg_.cpus,
+               initrd_at ? fmt::format(", initrd {} KiB at {:#x}", initrd_at->size >> 10,
+                                       initrd_at->addr)
+                         : std::string());
+  spdlog::info("command line: {}", cmdline_);
+  return ok();
+}
+
+Result<void> Vm::setup_vcpu(Vcpu& v, bool boot_cpu) {
+  VMM_TRY(auto supported, kvm_.supported_cpuid());
+  VMM_TRY(auto entries, boot::apply_cpu_template(from_kvm(supported), cfg_.cpu_template,
+                                                 static_cast<uint32_t>(v.index),
+                                                 static_cast<uint32_t>(cfg_.cpus)));
+  VMM_CHECK(v.fd.set_cpuid2(to_kvm(entries)));
+
+  // Fast strings on; MTRRs enabled with write-back default type.
+  const kvm_msr_entry msrs[] = {
+      {0x1a0 /*IA32_MISC_ENABLE*/, 0, 1},
+      {0x2ff /*MTRRdefType*/, 0, (1u << 11) | 6},
+  };
+  auto mr = v.fd.set_msrs(msrs);
+  if (!mr.ok()) spdlog::debug("vCPU {}: {}", v.index, mr.error().to_string());
+
+  kvm_fpu fpu{};
+  fpu.fcw = 0x37f;
+  fpu.mxcsr = 0x1f80;
+  VMM_CHECK(v.fd.set_fpu(fpu));
+
+  // LAPIC: LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them.
+  VMM_TRY(auto lapic, v.fd.get_lapic());
+  auto set_lvt = [&lapic](size_t off, uint32_t mode) {
+    uint32_t val;
+    std::memcpy(&val, lapic.regs + off, 4);
+    val = (val & ~0x700u & ~0x10000u) | (mode << 8);
+    std::memcpy(lapic.regs + off, &val, 4);
+  };
+  set_lvt(0x350, 7);
+  set_lvt(0x360, 4);
+  VMM_CHECK(v.fd.set_lapic(lapic));
+
+  if (!boot_cpu) return ok();  // APs wait for INIT/SIPI in the in-kernel LAPIC
+
+  const auto& s = entry_->state;
+  VMM_TRY(auto sregs, v.fd.get_sregs());
+  sregs.cs = to_kvm(s.cs);
+  sregs.ds = to_kvm(s.ds);
+  sregs.es = to_kvm(s.es);
+  sregs.fs = to_kvm(s.fs);
+  sregs.gs = to_kvm(s.gs);
+  sregs.ss = to_kvm(s.ss);
+  sregs.tr = to_kvm(s.tr);
+  sregs.ldt = to_kvm(s.ldt);
+  sregs.gdt.base = s.gdt_base;
+  sregs.gdt.limit = s.gdt_limit;
+  sregs.idt.base = s.idt_base;
+  sregs.idt.limit = s.idt_limit;
+  sregs.cr0 = s.cr0;
+  sregs.cr3 = s.cr3;
+  sregs.cr4 = s.cr4;
+  sregs.efer = s.efer;
+  VMM_CHECK(v.fd.set_sregs(sregs));
+
+  kvm_regs regs{};
+  regs.rip = s.rip;
+  regs.rsp = s.rsp;
+  regs.rbp = s.rsp;
+  regs.rsi = s.rsi;
+  regs.rbx = s.rbx;
+  regs.rflags = s.rflags;
+  VMM_CHECK(v.fd.set_regs(regs));
+  return ok();
+}
+
+void Vm::request_stop(ExitStatus status) {
+  {
+    std::lock_guard lk(stop_mu_);
+    if (stop_) return;
+    stop_ = std::move(status);
+  }
+  stopping_ = true;
+  stop_cv_.notify_all();
+}
+
+void Vm::kick_all() {
+  for (auto& v : vcpus_)
+    if (v->started) pthread_kill(v->tid, kKickSignal);
+}
+
+ExitStatus Vm::run() {
+  struct sigaction sa {};
+  sa.sa_handler = kick_handler;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(kKickSignal, &sa, nullptr);
+
+  // SIGINT/SIGTERM/SIGHUP end the VM cleanly; they are handled by one thread.
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGINT);
+  sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &term, nullptr);
+  std::thread signal_thread([this, term] {
+    int sig = 0;
+    if (sigwait(&term, &sig) == 0)
+      request_stop({128 + sig, fmt::format("terminated by signal {}", sig)});
+  });
+
+  if (cfg_.serial == SerialMode::kStdio) {
+    console_in_ = std::make_unique<ConsoleInput>(
+        STDIN_FILENO, [this](std::span<const uint8_t> b) { return serial_->enqueue_input(b); },
+        [this] { request_stop({kExitOk, "quit from the console (Ctrl-A x)"}); });
+    auto r = console_in_->start();
+    if (!r.ok()) spdlog::warn("console input: {}", r.error().to_string());
+  }
+
+  spdlog::debug("starting vCPUs at {:.1f} ms since VMM start", ms_since_start());
+  for (auto& v : vcpus_) {
+    Vcpu* vp = v.get();
+    v->thread = std::thread([this, vp] { vcpu_loop(*vp); });
+  }
+
+  auto next_sample = std::chrono::steady_clock::now();
+  auto next_report = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  {
+    std::unique_lock lk(stop_mu_);
+    while (!stop_) {
+      auto wake = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+      if (cfg_.sample_rip_ms) {
+        next_sample += std::chrono::milliseconds(cfg_.sample_rip_ms);
+        wake = std::min(wake, next_sample);
+      }
+      if (panic_deadline_) wake = std::min(wake, *panic_deadline_);
+      stop_cv_.wait_until(lk, wake);
+      if (stop_) break;
+      auto now = std::chrono::steady_clock::now();
+      if (panic_deadline_ && now >= *panic_deadline_) {
+        lk.unlock();
+        request_stop({kExitGuestCrash, "guest kernel panic: " + panic_reason_});
+        lk.lock();
+        break;
+      }
+      if (cfg_.sample_rip_ms && now >= next_sample) {
+        lk.unlock();
+        for (auto& v : vcpus_) {
+          if (!v->started) continue;
+          v->sample_requested = true;
+          pthread_kill(v->tid, kKickSignal);
+        }
+        if (now >= next_report) {
+          report_samples(false);
+          next_report = now + std::chrono::seconds(10);
+        }
+        lk.lock();
+      }
+    }
+  }
+
+  // Stop every vCPU: kick until each has left KVM_RUN (a kick that lands just
+  // before KVM_RUN is caught by immediate_exit; repeat anyway, it is cheap).
+  stopping_ = true;
+  for (auto& v : vcpus_) {
+    while (!v->exited) {
+      if (v->started) pthread_kill(v->tid, kKickSignal);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    v->thread.join();
+  }
+  if (console_in_) console_in_->stop();
+  // Wake the signal thread; the stop status is already set, so this changes nothing.
+  pthread_kill(signal_thread.native_handle(), SIGHUP);
+  signal_thread.join();
+
+  uint64_t int3 = 0, fwait = 0;
+  for (auto& v : vcpus_) {
+    int3 += v->fallbacks_int3;
+    fwait += v->fallbacks_fwait;
+  }
+  if (int3 || fwait)
+    spdlog::info("emulation fallbacks: int3 {} fwait {}", int3, fwait);
+  if (cfg_.sample_rip_ms) report_samples(true);
+  std::lock_guard lk(stop_mu_);
+  return *stop_;
+}
+
+void Vm::vcpu_loop(Vcpu& v) {
+  tls_run = v.fd.run();
+  v.tid = pthread_self();
+  v.started = true;
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, kKickSignal);
+  pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
+
+  if (v.index == 0) spdlog::debug("vCPU 0 entering the guest at {:.1f} ms", ms_since_start());
+  while (!stopping_) {
+    int err = v.fd.run_once();
+    if (err == EINTR || err == EAGAIN) {
+      v.fd.run()->immediate_exit = 0;
+      if (v.sample_requested.exchange(false)) sample_rip(v);
+      continue;
+    }
+    if (err) {
+      request_stop({kExitVmmError, fmt::format("vCPU {}: KVM_RUN failed: {}", v.index,
+                                               std::strerror(err))});
+      break;
+    }
+    if (!handle_exit(v)) break;
+  }
+  tls_run = nullptr;
+  v.exited = true;
+}
+
+bool Vm::handle_exit(Vcpu& v) {
+  kvm_run* run = v.fd.run();
+  switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+      auto* base = reinterpret_cast<uint8_t*>(run);
+      uint8_t size = run->io.size;
+      for (uint32_t i = 0; i < run->io.count; ++i) {
+        std::span<uint8_t> data(base + run->io.data_offset + uint64_t{i} * size, size);
+        if (run->io.direction == KVM_EXIT_IO_OUT) {
+          pio_.write(run->io.port, data);
+        } else if (!pio_.read(run->io.port, data)) {
+          std::fill(data.begin(), data.end(), 0xff);  // nothing there: floating bus
+        }
+      }
+      return true;
+    }
+    case KVM_EXIT_MMIO: {
+      std::span<uint8_t> data(run->mmio.data, std::min<uint32_t>(run->mmio.len, 8));
+      if (run->mmio.is_write) {
+        mmio_.write(run->mmio.phys_addr, data);
+      } else if (!mmio_.read(run->mmio.phys_addr, data)) {
+        std::fill(data.begin(), data.end(), 0);
+      }
+      return true;
+    }
+    case KVM_EXIT_INTERNAL_ERROR:
+      if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) return handle_emulation_failure(v);
+      request_stop({kExitGuestCrash, fmt::format("vCPU {}: KVM internal error, suberror {}",
+                                                 v.index, run->internal.suberror)});
+      return false;
+    case KVM_EXIT_SHUTDOWN: {
+      auto regs = v.fd.get_regs();
+      request_stop({kExitGuestCrash,
+                    fmt::format("vCPU {}: guest triple fault (shutdown) near rip {:#x}", v.index,
+                                regs.ok() ? regs->rip : 0)});
+      return false;
+    }
+    case KVM_EXIT_SYSTEM_EVENT:
+      switch (run->system_event.type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+          request_stop({kExitOk, "guest shut down"});
+          break;
+        case KVM_SYSTEM_EVENT_RESET:
+          request_stop({kExitOk, "guest reset"});
+          break;
+        default:
+          request_stop({kExitGuestCrash,
+                        fmt::format("guest system event {}", run->system_event.type)});
+      }
+      return false;
+    case KVM_EXIT_HLT:
+      request_stop({kExitOk, "guest halted"});
+      return false;
+    case KVM_EXIT_FAIL_ENTRY:
+      request_stop({kExitVmmError,
+                    fmt::format("vCPU {}: entry failed, hardware reason {:#x}", v.index,
+                                run->fail_entry.hardware_entry_failure_reason)});
+      return false;
+    case KVM_EXIT_INTR:
+      return true;
+    default:
+      request_stop({kExitVmmError,
+                    fmt::format("vCPU {}: unexpected KVM exit reason {}", v.index,
+                                run->exit_reason)});
+      return false;
+  }
+}
+
+bool Vm::handle_emulation_failure(Vcpu& v) {
+  auto regs = v.fd.get_regs();
+  auto sregs = v.fd.get_sregs();
+  if (!regs.ok() || !sregs.ok()) {
+    request_stop({kExitVmmError, "emulation failure, and the vCPU state is unreadable"});
+    return false;
+  }
+  // Instruction bytes at rip, page by page through the guest's own page tables.
+  bool long_mode = sregs->efer & (1u << 10);
+  uint64_t linear = long_mode ? regs->rip : sregs->cs.base + regs->rip;
+  uint8_t bytes[15];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    uint64_t va = linear + got;
+    auto pa = v.fd.translate(va);
+    if (!pa.ok()) break;
+    size_t chunk = std::min<uint64_t>(sizeof(bytes) - got, 0x1000 - (va & 0xfff));
+    if (!mem_.read(*pa, std::span(bytes + got, chunk)).ok()) break;
+    got += chunk;
+  }
+  std::span<const uint8_t> insn(bytes, got);
+  auto d = decide_emulation_fallback(insn);
+  if (d.action == FallbackAction::kFatal) {
+    std::string where = symbols_ ? " (" + symbols_->symbolize(regs->rip) + ")" : "";
+    request_stop({kExitGuestCrash,
+                  fmt::format("vCPU {}: the host cannot emulate the instruction at rip {:#x}{}: "
+                              "bytes [{}]",
+                              v.index, regs->rip, where, format_insn_bytes(insn))});
+    return false;
+  }
+  kvm_regs r = *regs;
+  r.rip += d.length;
+  if (!v.fd.set_regs(r).ok()) {
+    request_stop({kExitVmmError, "emulation fallback: KVM_SET_REGS failed"});
+    return false;
+  }
+  if (d.action == FallbackAction::kInjectBreakpoint) {
+    auto ev = v.fd.get_vcpu_events();
+    if (!ev.ok()) {
+      request_stop({kExitVmmError, "emulation fallback: KVM_GET_VCPU_EVENTS failed"});
+      return false;
+    }
+    kvm_vcpu_events e = *ev;
+    e.exception.injected = 1;
+    e.exception.nr = 3;  // #BP
+    e.exception.has_error_code = 0;
+    e.exception.error_code = 0;
+    e.flags = 0;
+    if (!v.fd.set_vcpu_events(e).ok()) {
+      request_stop({kExitVmmError, "emulation fallback: KVM_SET_VCPU_EVENTS failed"});
+      return false;
+    }
+    ++v.fallbacks_int3;
+  } else {
+    ++v.fallbacks_fwait;
+  }
+  spdlog::trace("vCPU {}: emulated {} at {:#x}", v.index, d.mnemonic, regs->rip);
+  return true;
+}
+
+void Vm::sample_rip(Vcpu& v) {
+  auto regs = v.fd.get_regs();
+  if (!regs.ok()) return;
+  std::string fn = symbols_ ? symbols_->function(regs->rip) : fmt::format("{:#x}", regs->rip);
+  std::lock_guard lk(sample_mu_);
+  ++samples_total_[fn];
+  ++samples_window_[fn];
+  ++sample_count_;
+}
+
+void Vm::report_samples(bool final_report) {
+  std::lock_guard lk(sample_mu_);
+  auto& m = final_report ? samples_total_ : samples_window_;
+  std::vector<std::pair<uint64_t, std::string>> top;
+  uint64_t total = 0;
+  for (auto& [k, n] : m) {
+    top.emplace_back(n, k);
+    total += n;
+  }
+  std::sort(top.rbegin(), top.rend());
+  std::string line;
+  for (size_t i = 0; i < top.size() && i < (final_report ? 25u : 6u); ++i)
+    line += fmt::format("{}{} {:.0f}%", i ? ", " : "", top[i].second,
+                        100.0 * static_cast<double>(top[i].first) / static_cast<double>(total));
+  if (total)
+    spdlog::info("rip samples ({}{} samples): {}", final_report ? "whole run, " : "last 10 s, ",
+                 total, line);
+  if (!final_report) samples_window_.clear();
+}
+
+}  // namespace vmm

@@ -1,0 +1,126 @@
+// Vm: one guest. Builds everything from a VmConfig (files are checked before
+// any KVM object exists), runs one thread per vCPU, dispatches exits to the
+// buses, and ends with an exit status that scripts can rely on (docs/cli.md).
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "devices/bus.h"
+#include "vmm/core/config.h"
+#include "vmm/core/console.h"
+#include "vmm/core/symbols.h"
+#include "vmm/kvm/kvm.h"
+#include "vmm/memory/guest_memory.h"
+
+namespace vmm {
+
+class Serial16550;
+class I8042;
+class BootProbe;
+
+// Process exit codes (documented in docs/cli.md).
+enum ExitCode : int {
+  kExitOk = 0,          // guest powered off / reset / Ctrl-A x
+  kExitVmmError = 1,    // VMM failure (setup, KVM, I/O)
+  kExitUsage = 2,       // bad command line or input files
+  kExitGuestCrash = 3,  // guest panic, triple fault, unhandled emulation failure
+};
+
+struct ExitStatus {
+  int code;
+  std::string reason;
+};
+
+// The user's files, read and checked (kernel parsed) before any VM exists.
+struct VmInputs {
+  std::vector<uint8_t> kernel;
+  std::vector<uint8_t> initrd;
+  std::optional<SymbolMap> symbols;
+};
+
+class Vm {
+ public:
+  // Input validation only: an error here is a usage error (exit code 2).
+  static Result<VmInputs> prepare(const VmConfig& cfg);
+  // Builds the VM: an error here is a VMM/KVM failure (exit code 1).
+  static Result<std::unique_ptr<Vm>> create(const VmConfig& cfg, VmInputs inputs);
+  ~Vm();
+
+  // Runs the guest to its end; returns the process exit status.
+  ExitStatus run();
+
+  // First request wins. Safe from any thread.
+  void request_stop(ExitStatus status);
+
+  const std::string& effective_cmdline() const { return cmdline_; }
+
+ private:
+  struct Vcpu {
+    int index;
+    VcpuFd fd;
+    std::thread thread;
+    pthread_t tid{};
+    std::atomic<bool> started{false};
+    std::atomic<bool> exited{false};
+    std::atomic<bool> sample_requested{false};
+    uint64_t fallbacks_int3 = 0, fallbacks_fwait = 0;
+    Vcpu(int i, VcpuFd f) : index(i), fd(std::move(f)) {}
+  };
+
+  Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem);
+  Result<void> setup_devices();
+  Result<void> load_guest(const std::vector<uint8_t>& kernel, const std::vector<uint8_t>& initrd);
+  Result<void> setup_vcpu(Vcpu& v, bool boot_cpu);
+  void vcpu_loop(Vcpu& v);
+  // Returns false when the vCPU must stop.
+  bool handle_exit(Vcpu& v);
+  bool handle_emulation_failure(Vcpu& v);
+  void sample_rip(Vcpu& v);
+  void kick_all();
+  double ms_since_start() const;
+  void report_samples(bool final_report);
+
+  VmConfig cfg_;
+  KvmSystem kvm_;
+  VmFd vm_;
+  GuestMemory mem_;
+  IoBus pio_, mmio_;
+  std::shared_ptr<Serial16550> serial_;
+  std::shared_ptr<I8042> i8042_;
+  std::shared_ptr<BootProbe> probe_;
+  std::unique_ptr<SerialOutput> serial_out_;
+  std::unique_ptr<ConsoleInput> console_in_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  std::string cmdline_;
+  // boot entry state is computed in load_guest and applied to vCPU 0
+  struct BootEntry;
+  std::unique_ptr<BootEntry> entry_;
+
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  std::optional<ExitStatus> stop_;
+  std::atomic<bool> stopping_{false};
+  std::optional<std::chrono::steady_clock::time_point> panic_deadline_;
+  std::string panic_reason_;
+
+  std::mutex sample_mu_;
+  std::map<std::string, uint64_t> samples_total_, samples_window_;
+  uint64_t sample_count_ = 0;
+  std::optional<SymbolMap> symbols_;
+};
+
+// Time origin for "since process start" logs.
+std::chrono::steady_clock::time_point process_start_time();
+
+}  // namespace vmm
