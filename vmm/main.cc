@@ -53,6 +53,15 @@ int main(int argc, char** argv) {
                  "the host does not virtualize CPUID (auto probes it; default auto)");
   app.add_option("--boot-protocol", cfg.boot_protocol,
                  "auto | linux64 | pvh: how to enter an ELF kernel (default auto = linux64)");
+  std::string acpi = "on";
+  app.add_option("--acpi", acpi,
+                 "on | off: ACPI tables (MADT, hardware-reduced FADT with power-off and "
+                 "reset registers) besides the MP table (default on)")
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--time-dilation", cfg.time_dilation,
+                 "On hosts that interpret guest kernel code: make guest time run N times "
+                 "slower than real time, so timer interrupts arrive N times less often "
+                 "(default 1 = off; see docs/linux-boot.md)");
   app.add_option("--log-level", cfg.log_level,
                  "trace | debug | info | warn | error | off (default info)");
   app.add_option("--debug-sample-rip", cfg.sample_rip_ms,
@@ -66,6 +75,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : vmm::kExitUsage;
   }
   cfg.cmdline_given = cmdline_opt->count() > 0;
+  cfg.acpi = acpi == "on";
   vmm::log::init(cfg.log_level);
 
   auto size = vmm::parse_size(mem);

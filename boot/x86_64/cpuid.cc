@@ -120,8 +120,10 @@ Result<std::vector<CpuidEntry>> apply_cpu_template(std::vector<CpuidEntry> suppo
 }
 
 std::string cpuid_mitigation_cmdline() {
+  // cx16: without it the stock kernel's SLUB uses `lock cmpxchg16b`, which the
+  // nested host cannot emulate (measured: get_partial_node, ~4 min into boot).
   return "noxsave clearcpuid=ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,popcnt,"
-         "smap,smep,xsave,rdrand,rdseed,fsgsbase,movbe";
+         "smap,smep,xsave,rdrand,rdseed,fsgsbase,movbe,cx16";
 }
 
 }  // namespace vmm::boot

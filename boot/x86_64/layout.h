@@ -19,6 +19,10 @@ inline constexpr uint64_t kCmdlineAddr = 0x20000;   // kernel command line
 inline constexpr uint64_t kCmdlineMaxSize = 0x10000;
 inline constexpr uint64_t kEbdaStart = 0x9fc00;     // MP table lives here; reserved to 1 MiB
 inline constexpr uint64_t kMpTableAddr = kEbdaStart;
+// ACPI tables (RSDP first, 16-byte aligned), inside the RESERVED e820 range
+// [kEbdaStart, 1 MiB) and in the BIOS area Linux scans for the RSDP.
+inline constexpr uint64_t kAcpiTablesAddr = 0xe0000;
+inline constexpr uint64_t kAcpiTablesMaxSize = 0x10000;
 inline constexpr uint64_t kHimemStart = 0x100000;   // 1 MiB
 inline constexpr uint64_t kDefaultKernelAddr = 0x1000000;  // 16 MiB: bzImage protected-mode code
 
@@ -40,5 +44,15 @@ inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
 inline constexpr uint16_t kBootProbePort = 0x4f0;  // boot probe, port window (8 ports)
 inline constexpr uint16_t kBootProbePortLen = 8;
+// ACPI hardware-reduced registers (FADT SLEEP_CONTROL_REG, SLEEP_STATUS_REG,
+// RESET_REG), 8 bits each, served by one AcpiPm device at kAcpiPmPort.
+inline constexpr uint16_t kAcpiPmPort = 0x3c0;
+inline constexpr uint16_t kAcpiPmPortLen = 3;
+inline constexpr uint16_t kAcpiSleepControlPort = 0x3c0;
+inline constexpr uint16_t kAcpiSleepStatusPort = 0x3c1;
+inline constexpr uint16_t kAcpiResetPort = 0x3c2;
+// Values the ACPI tables promise and AcpiPm acts on.
+inline constexpr uint8_t kAcpiS5SleepType = 5;  // SLP_TYP of \_S5_ (soft off)
+inline constexpr uint8_t kAcpiResetValue = 0x01;  // FADT RESET_VALUE
 
 }  // namespace vmm::layout

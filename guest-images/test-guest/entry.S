@@ -1,5 +1,6 @@
-/* entry.S: the 64-bit entry point, the 256 interrupt/exception stubs and the
- * APs' 64-bit landing point (reached from trampoline.S). */
+/* entry.S: the 64-bit entry point, the PVH (32-bit) entry point and its Xen
+ * ELF note, the 256 interrupt/exception stubs and the APs' 64-bit landing
+ * point (reached from trampoline.S). */
 #include "guest.h"
 
         .section .note.GNU-stack, "", @progbits
@@ -16,19 +17,143 @@ _start:
         cli
         cld
         mov     %rsi, %r12              /* keep the zero page pointer */
-        /* Zero .bss ourselves (the stack lives there; nothing uses it yet). */
+        /* Zero .bss ourselves ([__bss_start, __bss_end), 16-byte aligned; the
+         * stacks and the IDT live in .bss.noinit and are not cleared: guest
+         * supervisor code may be interpreted, ~1 us per rep iteration). */
         lea     __bss_start(%rip), %rdi
         lea     __bss_end(%rip), %rcx
         sub     %rdi, %rcx
+        shr     $3, %rcx
         xor     %eax, %eax
-        rep stosb
+        rep stosq
         lea     boot_stack_top(%rip), %rsp
         xor     %ebp, %ebp
         mov     %r12, %rdi
+        mov     $BOOT_LINUX64, %esi
         call    guest_main
 1:      cli
         hlt
         jmp     1b
+
+/* ---------------------------------------------------------------------------
+ * PVH entry (Xen HVM start ABI, as used by QEMU -kernel and by our VMM with
+ * --boot-protocol pvh). The loader finds pvh_start32 through the ELF note
+ * below (name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY, 4-byte physical address)
+ * in a PT_NOTE program header, and enters it with:
+ *   32-bit protected mode, paging off, flat 4 GiB CS/DS/ES/SS (selectors
+ *   unspecified: we load our own GDT at once), interrupts off,
+ *   ebx = physical address of struct hvm_start_info.
+ * Nothing else is promised: no stack, no page tables (QEMU does not build any),
+ * no zero page. So we zero .bss, build our own identity map of the first
+ * 4 GiB with 2 MiB pages (in .bss.noinit), enable PAE + EFER.LME + paging and far-jump
+ * to 64-bit code, which joins the 64-bit entry's path at guest_main().
+ */
+#define PVH_SEL_CODE32  0x08
+#define PVH_SEL_DATA    0x10
+#define PVH_SEL_CODE64  0x18
+#define CR0_PE          0x00000001
+#define CR0_PG          0x80000000
+#define CR4_PAE         0x00000020
+#define MSR_EFER        0xc0000080
+#define EFER_LME        0x00000100
+#define PTE_P_RW        0x003
+#define PDE_P_RW_PS     0x083           /* present, writable, 2 MiB page */
+
+        .section .note.Xen, "a"
+        .balign 4
+        .long   4                       /* n_namesz: "Xen\0" */
+        .long   4                       /* n_descsz */
+        .long   18                      /* n_type: XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz  "Xen"
+        .balign 4
+        .long   pvh_start32             /* physical (= link) address, < 4 GiB */
+        .balign 4
+
+        .text
+        .code32
+        .globl  pvh_start32
+pvh_start32:
+        cli
+        cld
+        mov     %ebx, %esi              /* hvm_start_info; esi survives to 64-bit code */
+        lgdtl   pvh_gdt_desc            /* paging off, flat segments: absolute address */
+        ljmpl   $PVH_SEL_CODE32, $1f
+1:      mov     $PVH_SEL_DATA, %eax
+        mov     %eax, %ds
+        mov     %eax, %es
+        mov     %eax, %ss
+        mov     %eax, %fs
+        mov     %eax, %gs
+        /* Zero .bss (the loader should have; do not count on it). */
+        mov     $__bss_start, %edi
+        mov     $__bss_end, %ecx
+        sub     %edi, %ecx
+        shr     $2, %ecx
+        xor     %eax, %eax
+        rep stosl
+        /* The tables live in .bss.noinit: zero all six pages (PML4, PDPT, 4 PDs,
+         * contiguous) with one string op, then fill in the low dwords.
+         * PML4[0] -> PDPT; PDPT[0..3] -> the 4 page directories (1 GiB each). */
+        mov     $pvh_pml4, %edi
+        mov     $(6 * 4096 / 4), %ecx
+        rep stosl                       /* eax is still 0 */
+        movl    $(pvh_pdpt + PTE_P_RW), pvh_pml4
+        movl    $(pvh_pd + 0 * 4096 + PTE_P_RW), pvh_pdpt + 0 * 8
+        movl    $(pvh_pd + 1 * 4096 + PTE_P_RW), pvh_pdpt + 1 * 8
+        movl    $(pvh_pd + 2 * 4096 + PTE_P_RW), pvh_pdpt + 2 * 8
+        movl    $(pvh_pd + 3 * 4096 + PTE_P_RW), pvh_pdpt + 3 * 8
+        /* PD entry i maps [i * 2 MiB, +2 MiB). Unrolled 8 times: guest
+         * supervisor code may run interpreted (~1-4 us per instruction on a
+         * nested host), and this loop is most of the stub's time. */
+        mov     $pvh_pd, %edi
+        mov     $PDE_P_RW_PS, %eax
+        mov     $(2048 / 8), %ecx
+3:
+        .irp    i, 0, 1, 2, 3, 4, 5, 6, 7
+        mov     %eax, \i * 8(%edi)
+        add     $0x200000, %eax
+        .endr
+        add     $64, %edi
+        dec     %ecx
+        jnz     3b
+        /* Long mode: PAE, CR3, EFER.LME, then paging (=> compatibility mode). */
+        mov     %cr4, %eax
+        or      $CR4_PAE, %eax
+        mov     %eax, %cr4
+        mov     $pvh_pml4, %eax
+        mov     %eax, %cr3
+        mov     $MSR_EFER, %ecx
+        rdmsr
+        or      $EFER_LME, %eax
+        wrmsr
+        mov     %cr0, %eax
+        or      $(CR0_PG | CR0_PE), %eax
+        mov     %eax, %cr0
+        ljmpl   $PVH_SEL_CODE64, $pvh_start64
+
+        .code64
+pvh_start64:
+        lea     boot_stack_top(%rip), %rsp
+        xor     %ebp, %ebp
+        mov     %esi, %edi              /* hvm_start_info (zero-extended) */
+        mov     $BOOT_PVH, %esi
+        call    guest_main
+4:      cli
+        hlt
+        jmp     4b
+
+        .section .rodata
+        .balign 8
+pvh_gdt:                                /* accessed bits preset: never written */
+        .quad   0                       /* null */
+        .quad   0x00cf9b000000ffff      /* 0x08: 32-bit code, flat */
+        .quad   0x00cf93000000ffff      /* 0x10: data, flat */
+        .quad   0x00af9b000000ffff      /* 0x18: 64-bit code (L=1) */
+pvh_gdt_end:
+        .balign 2
+pvh_gdt_desc:
+        .word   pvh_gdt_end - pvh_gdt - 1
+        .long   pvh_gdt
 
 /* ---------------------------------------------------------------------------
  * Interrupt stubs: stub v is at isr_stubs + v * ISR_STUB_SIZE. Each pushes its
@@ -117,7 +242,14 @@ ap_entry64:
         hlt
         jmp     2b
 
-        .bss
+        .section .bss.noinit, "aw", @nobits     /* not zeroed at entry */
+        .balign 4096
+pvh_pml4:                               /* PVH entry's own identity map (see above) */
+        .skip   4096
+pvh_pdpt:
+        .skip   4096
+pvh_pd:                                 /* 4 page directories, contiguous */
+        .skip   4 * 4096
         .balign 16
 boot_stack:
         .skip   BOOT_STACK_SIZE

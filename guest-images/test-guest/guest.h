@@ -17,6 +17,7 @@
 #define PROBE_PORT        0x4f0        /* +0: progress mark (u8), +4: exit code */
 #define PROBE_EXIT_PORT   (PROBE_PORT + 4)
 #define PROBE_SIGNATURE   0x504d4d56   /* "VMMP" */
+#define QEMU_DEBUG_EXIT_PORT 0xf4    /* QEMU isa-debug-exit (ignored by our VMM) */
 #define I8042_CMD_PORT    0x64
 #define I8042_CMD_RESET   0xfe
 
@@ -24,6 +25,10 @@
 #define BOOT_STACK_SIZE   16384
 #define AP_MAX            64           /* APs `smp` will start (and stacks we have) */
 #define AP_STACK_SHIFT    10           /* 1 KiB per AP: it only calls ap_main() */
+
+/* How the guest was entered (second argument of guest_main). */
+#define BOOT_LINUX64      0            /* 64-bit entry, first argument = zero page */
+#define BOOT_PVH          1            /* PVH entry, first argument = hvm_start_info */
 
 /* Exception stubs in entry.S are ISR_STUB_SIZE bytes apart. */
 #define ISR_STUB_SIZE     8

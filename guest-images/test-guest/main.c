@@ -10,6 +10,13 @@
 #define E820_RAM 1
 #define CMDLINE_MAX 0x10000
 
+/* --- struct hvm_start_info (PVH) fields we read --- */
+#define PVH_MAGIC 0x00          /* u32, 0x336ec578 */
+#define PVH_CMDLINE_PADDR 24    /* u64 */
+#define PVH_MEMMAP_PADDR 40     /* u64 (version >= 1) */
+#define PVH_MEMMAP_ENTRIES 48   /* u32; entries are struct hvm_memmap_entry */
+#define PVH_MEMMAP_MAX 1024     /* sanity bound */
+
 #define SPIN_TICK_EVERY (1u << 16)
 
 struct e820_entry {
@@ -18,7 +25,19 @@ struct e820_entry {
   uint32_t type;
 } __attribute__((packed));
 
-static const uint8_t *boot_params;
+struct hvm_memmap_entry {
+  uint64_t addr;
+  uint64_t size;
+  uint32_t type;
+  uint32_t reserved;
+};
+
+/* boot_info: the zero page (BOOT_LINUX64) or hvm_start_info (BOOT_PVH). */
+static const uint8_t *boot_info;
+static unsigned boot_mode;
+
+static uint32_t rd32(const uint8_t *p, unsigned off) { return *(const uint32_t *)(p + off); }
+static uint64_t rd64(const uint8_t *p, unsigned off) { return *(const uint64_t *)(p + off); }
 
 /* --- COM1, polled (no interrupts) --- */
 #define UART_DATA 0 /* RBR (read) / THR (write) */
@@ -110,9 +129,10 @@ static void cmd_echo(const char *arg) {
 
 static void cmd_cmdline(const char *arg) {
   (void)arg;
-  uint32_t ptr = *(const uint32_t *)(boot_params + BP_CMD_LINE_PTR);
+  uint64_t ptr = boot_mode == BOOT_PVH ? rd64(boot_info, PVH_CMDLINE_PADDR)
+                                       : rd32(boot_info, BP_CMD_LINE_PTR);
   con_puts("cmdline ");
-  if (ptr) {
+  if (ptr && ptr < 0x100000000ull) { /* only the first 4 GiB are mapped */
     const char *s = (const char *)(uintptr_t)ptr;
     for (unsigned i = 0; i < CMDLINE_MAX && s[i]; i++) con_putc(s[i]);
   }
@@ -121,11 +141,21 @@ static void cmd_cmdline(const char *arg) {
 
 static void cmd_mem(const char *arg) {
   (void)arg;
-  unsigned n = boot_params[BP_E820_ENTRIES];
-  const struct e820_entry *e = (const struct e820_entry *)(boot_params + BP_E820_TABLE);
+  unsigned n;
   uint64_t total = 0;
-  for (unsigned i = 0; i < n && i < BP_E820_MAX; i++)
-    if (e[i].type == E820_RAM) total += e[i].size;
+  if (boot_mode == BOOT_PVH) {
+    n = rd32(boot_info, PVH_MEMMAP_ENTRIES);
+    uint64_t paddr = rd64(boot_info, PVH_MEMMAP_PADDR);
+    const struct hvm_memmap_entry *e = (const struct hvm_memmap_entry *)(uintptr_t)paddr;
+    if (paddr && paddr < 0x100000000ull)
+      for (unsigned i = 0; i < n && i < PVH_MEMMAP_MAX; i++)
+        if (e[i].type == E820_RAM) total += e[i].size;
+  } else {
+    n = boot_info[BP_E820_ENTRIES];
+    const struct e820_entry *e = (const struct e820_entry *)(boot_info + BP_E820_TABLE);
+    for (unsigned i = 0; i < n && i < BP_E820_MAX; i++)
+      if (e[i].type == E820_RAM) total += e[i].size;
+  }
   con_puts("mem ");
   con_dec(total);
   con_puts(" e820 ");
@@ -184,8 +214,22 @@ static void cmd_exit(const char *arg) {
     bad_argument();
     return;
   }
+  /* Our VMM's exit port first: it ignores 0xf4. QEMU's isa-debug-exit
+   * (iobase=0xf4, iosize=4) exits at once with status (v << 1) | 1. */
   outl(PROBE_EXIT_PORT, (uint32_t)v);
+  outl(QEMU_DEBUG_EXIT_PORT, (uint32_t)v);
   con_puts("exit ignored\n");
+}
+
+static void cmd_entry(const char *arg) {
+  (void)arg;
+  if (boot_mode == BOOT_PVH) {
+    con_puts("entry pvh magic ");
+    con_hex(rd32(boot_info, PVH_MAGIC));
+  } else {
+    con_puts("entry linux64");
+  }
+  con_putc('\n');
 }
 
 static void cmd_reset(const char *arg) {
@@ -271,7 +315,7 @@ static const struct {
     {"echo", cmd_echo},   {"cmdline", cmd_cmdline}, {"mem", cmd_mem},     {"cpus", cmd_cpus},
     {"smp", cmd_smp},     {"probe", cmd_probe},     {"mmio", cmd_mmio},   {"exit", cmd_exit},
     {"reset", cmd_reset}, {"cpuid", cmd_cpuid},     {"int3", cmd_int3},   {"fwait", cmd_fwait},
-    {"triple", cmd_triple}, {"count", cmd_count},   {"spin", cmd_spin},
+    {"triple", cmd_triple}, {"count", cmd_count},   {"spin", cmd_spin},   {"entry", cmd_entry},
 };
 
 #define LINE_MAX 128
@@ -302,10 +346,13 @@ static void run_command(char *line) {
   con_puts("ERR unknown command\n");
 }
 
-void guest_main(const uint8_t *zero_page);
+/* Called from _start (mode BOOT_LINUX64, info = zero page) or from the PVH
+ * entry (mode BOOT_PVH, info = hvm_start_info), see entry.S. */
+void guest_main(const uint8_t *info, unsigned mode);
 
-void guest_main(const uint8_t *zero_page) {
-  boot_params = zero_page;
+void guest_main(const uint8_t *info, unsigned mode) {
+  boot_info = info;
+  boot_mode = mode;
   serial_init();
   idt_init();
   con_puts("TESTGUEST READY\n");

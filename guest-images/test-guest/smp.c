@@ -124,7 +124,8 @@ static void delay_us(uint64_t us) {
 uint32_t tramp_cr3, tramp_efer;  /* loaded by the trampoline in 32-bit mode */
 uint32_t ap_next_slot;           /* stack slot allocator (lock xadd in entry.S) */
 uint32_t smp_cpus_ran;           /* CPUs that reached 64-bit C code */
-uint8_t ap_stacks[AP_MAX][1u << AP_STACK_SHIFT] __attribute__((aligned(16)));
+/* Stacks need no zeroing: .bss.noinit is left out of the entry code's bss clear. */
+uint8_t ap_stacks[AP_MAX][1u << AP_STACK_SHIFT] __attribute__((aligned(16), section(".bss.noinit")));
 extern const uint8_t trampoline_start[], trampoline_end[];
 void ap_main(void);
 

@@ -8,7 +8,8 @@
  * .rodata.
  *
  * Steps: real mode -> load our own GDT -> 32-bit protected mode -> PAE, CR3
- * (the BSP's page tables: the VMM's identity map at 0x9000), EFER.LME ->
+ * (the BSP's page tables: the VMM's identity map at 0x9000, or the guest's
+ * own one after the PVH entry), EFER.LME ->
  * paging on (long mode, compatibility mode) -> far jump to a 64-bit code
  * segment -> ap_entry64 in entry.S (identity-mapped, so a plain jump).
  */

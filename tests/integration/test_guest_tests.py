@@ -60,6 +60,43 @@ def cmdline_and_memory(a):
 
 
 @test
+def pvh_entry(a):
+    """The same guest entered through its Xen PVH note (32-bit entry, own page
+    tables, hvm_start_info instead of the zero page)."""
+    g = boot(a, "--boot-protocol", "pvh", "--mem", "96M",
+             "--cmdline", "console=ttyS0 hello=pvh", "--cpuid-mitigation", "off")
+    try:
+        line = g.command("entry", "entry ")
+        check(line == "entry pvh magic 336ec578", f"entry was {line!r}", g)
+        line = g.command("cmdline", "cmdline ")
+        check(line == "cmdline console=ttyS0 hello=pvh", f"cmdline was {line!r}", g)
+        line = g.command("mem", "mem ")
+        m = re.match(r"mem (\d+) e820 (\d+)", line)
+        check(m is not None, f"bad mem line {line!r}", g)
+        total = int(m.group(1))
+        # Same memory map as the zero page's e820 (cmdline_and_memory).
+        check(96 * 2**20 - 0x60400 == total, f"PVH memmap RAM {total} for a 96 MiB guest", g)
+        check(int(m.group(2)) > 0, f"no memmap entries: {line!r}", g)
+        check(g.command("echo hello over pvh", "hello over pvh") == "hello over pvh",
+              "echo mismatch", g)
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+        err = g.err.decode()
+        check("PVH entry at" in err, "vmm did not log a PVH entry", g)
+        check("guest requested exit with code 0" in err, "exit reason not logged", g)
+    finally:
+        g.kill()
+    # The default (64-bit) entry of the same image still reports itself as such.
+    g = boot(a)
+    try:
+        check(g.command("entry", "entry ") == "entry linux64", "64-bit entry not reported", g)
+        g.send("exit 0")
+        check(g.wait() == 0, "exit 0 expected", g)
+    finally:
+        g.kill()
+
+
+@test
 def pio_mmio_roundtrip(a):
     g = boot(a)
     try:

@@ -24,6 +24,8 @@ struct VmConfig {
   std::string cpu_template = "host";
   CpuidMitigation cpuid_mitigation = CpuidMitigation::kAuto;
   std::string boot_protocol = "auto";  // auto | linux64 | pvh
+  bool acpi = true;                    // ACPI tables + power-management device
+  uint32_t time_dilation = 1;          // guest time runs this many times slower (see docs)
   std::string log_level = "info";
   uint32_t sample_rip_ms = 0;         // 0: off
   std::string system_map;             // for symbolizing rip samples

@@ -46,7 +46,9 @@ Result<CpuidProbeResult> probe_cpuid_virtualization(const KvmSystem& kvm) {
       VMM_TRY(auto out, vcpu.get_regs());
       uint32_t seen = static_cast<uint32_t>(out.rcx);
       constexpr uint32_t kMask = ~(1u << 27);
-      return CpuidProbeResult{(seen & kMask) == (kMarker & kMask), kMarker, seen};
+      auto khz = vcpu.get_tsc_khz();
+      return CpuidProbeResult{(seen & kMask) == (kMarker & kMask), kMarker, seen,
+                              khz.ok() ? *khz : 0};
     }
     return make_error("CPUID probe: unexpected exit reason {}", reason);
   }

@@ -14,6 +14,7 @@ struct CpuidProbeResult {
   bool virtualized;
   uint32_t set_ecx;   // leaf 1 ECX given to KVM_SET_CPUID2
   uint32_t seen_ecx;  // leaf 1 ECX the guest read
+  uint32_t tsc_khz;   // KVM_GET_TSC_KHZ of the probe vCPU (0 if unknown)
 };
 
 Result<CpuidProbeResult> probe_cpuid_virtualization(const KvmSystem& kvm);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "boot/x86_64/acpi.h"
 #include "boot/x86_64/boot_params.h"
 #include "boot/x86_64/cpu_setup.h"
 #include "boot/x86_64/cpuid.h"
@@ -15,6 +16,7 @@
 #include "boot/x86_64/layout.h"
 #include "boot/x86_64/mptable.h"
 #include "boot/x86_64/zero_page.h"
+#include "devices/legacy/acpi_pm.h"
 #include "devices/legacy/boot_probe.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial.h"
@@ -121,6 +123,8 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
   if (cfg.kernel.empty()) return make_error("no kernel given (--kernel)");
   VMM_CHECK(boot::validate_mem_size(cfg.mem_bytes));
   if (cfg.cpus < 1 || cfg.cpus > 254) return make_error("--cpus {} is out of range 1..254", cfg.cpus);
+  if (cfg.time_dilation < 1 || cfg.time_dilation > 1000)
+    return make_error("--time-dilation {} is out of range 1..1000", cfg.time_dilation);
   if (cfg.boot_protocol != "auto" && cfg.boot_protocol != "linux64" && cfg.boot_protocol != "pvh")
     return make_error("--boot-protocol '{}': expected auto, linux64 or pvh", cfg.boot_protocol);
   VMM_TRY(auto kernel, boot::read_file(cfg.kernel, kMaxKernelSize));
@@ -222,6 +226,13 @@ Result<void> Vm::setup_devices() {
       });
   VMM_CHECK(pio_.insert(layout::kBootProbePort, layout::kBootProbePortLen, probe_, "boot-probe"));
   VMM_CHECK(mmio_.insert(layout::kBootProbeMmioAddr, 8, probe_, "boot-probe-mmio"));
+
+  if (cfg_.acpi) {
+    acpi_pm_ = std::make_shared<AcpiPm>(
+        [this] { request_stop({kExitOk, "guest powered off (ACPI)"}); },
+        [this] { request_stop({kExitOk, "guest reset (ACPI)"}); });
+    VMM_CHECK(pio_.insert(layout::kAcpiPmPort, layout::kAcpiPmPortLen, acpi_pm_, "acpi-pm"));
+  }
   return ok();
 }
 
@@ -238,21 +249,43 @@ Result<void> Vm::load_guest(const std::vector<uint8_t>& kernel,
   // Command line: the user's (or the default), then host workarounds.
   cmdline_ = cfg_.cmdline_given ? cfg_.cmdline : std::string(kDefaultCmdline);
   bool mitigate = cfg_.cpuid_mitigation == CpuidMitigation::kOn;
-  if (cfg_.cpuid_mitigation == CpuidMitigation::kAuto) {
+  uint32_t tsc_khz = 0;
+  if (cfg_.cpuid_mitigation != CpuidMitigation::kOff) {
     auto probe = probe_cpuid_virtualization(kvm_);
     if (!probe.ok()) {
       spdlog::warn("CPUID probe failed ({}); assuming CPUID is virtualized",
                    probe.error().to_string());
-    } else if (!probe->virtualized) {
-      mitigate = true;
-      spdlog::info(
-          "this host's KVM does not virtualize CPUID (set leaf 1 ECX {:#010x}, guest saw "
-          "{:#010x}): clearing CPU features on the guest command line "
-          "(--cpuid-mitigation off to disable)",
-          probe->set_ecx, probe->seen_ecx);
+    } else {
+      tsc_khz = probe->tsc_khz;
+      if (!probe->virtualized && cfg_.cpuid_mitigation == CpuidMitigation::kAuto) {
+        mitigate = true;
+        spdlog::info(
+            "this host's KVM does not virtualize CPUID (set leaf 1 ECX {:#010x}, guest saw "
+            "{:#010x}): clearing CPU features on the guest command line "
+            "(--cpuid-mitigation off to disable)",
+            probe->set_ecx, probe->seen_ecx);
+      }
     }
   }
-  if (mitigate) cmdline_ += " " + boot::cpuid_mitigation_cmdline();
+  if (mitigate) {
+    cmdline_ += " " + boot::cpuid_mitigation_cmdline();
+    // Such hosts interpret guest kernel code (~1 MIPS): a guest without kvmclock
+    // cannot calibrate its TSC against the PIT there and falls back to jiffies.
+    // The VMM knows the rate; tell the kernel, and keep its clocksource watchdog
+    // from declaring the TSC unstable because of the interpreter's jitter.
+    if (tsc_khz) {
+      uint64_t khz = uint64_t{tsc_khz} * cfg_.time_dilation;
+      cmdline_ += fmt::format(" tsc_early_khz={} tsc=reliable", khz);
+      if (cfg_.time_dilation > 1) {
+        // The guest believes its TSC is N times faster than it is, so its clock,
+        // and every timer it programs in TSC units, runs N times slower. kvmclock
+        // would bypass that, so it is turned off.
+        cmdline_ += " no-kvmclock";
+        spdlog::info("time dilation {}: guest time runs {}x slower than the host's",
+                     cfg_.time_dilation, cfg_.time_dilation);
+      }
+    }
+  }
 
   VMM_CHECK(boot::write_cmdline(mem_, cmdline_, boot::max_cmdline_len(info)));
 
@@ -263,16 +296,25 @@ Result<void> Vm::load_guest(const std::vector<uint8_t>& kernel,
     initrd_at = placed;
   }
   auto e820 = boot::build_e820(cfg_.mem_bytes);
+  // Both CPU descriptions: the MP table for kernels without ACPI (our minimal
+  // kernel), ACPI (MADT, FADT with power-off) for the rest, e.g. Debian's.
   VMM_CHECK(boot::write_mptable(mem_, cfg_.cpus));
+  uint64_t rsdp = 0;
+  if (cfg_.acpi) {
+    VMM_TRY(auto addr, boot::write_acpi_tables(mem_, cfg_.cpus));
+    rsdp = addr;
+  }
   VMM_CHECK(boot::write_identity_page_tables(mem_));
   VMM_CHECK(boot::write_boot_gdt(mem_));
 
   entry_ = std::make_unique<BootEntry>();
   if (pvh) {
     VMM_CHECK(boot::write_pvh_start_info(mem_, layout::kCmdlineAddr, initrd_at, e820));
+    if (rsdp) VMM_CHECK(boot::set_pvh_rsdp(mem_, rsdp));
     entry_->state = boot::pvh_entry_state(info.pvh_entry, layout::kPvhStartInfoAddr);
   } else {
-    VMM_CHECK(boot::write_zero_page(mem_, info, cmdline_.size(), initrd_at, e820));
+    VMM_CHECK(boot::write_zero_page(mem_, info, cmdline_.size() + 1, initrd_at, e820));
+    if (rsdp) VMM_CHECK(boot::set_zero_page_rsdp(mem_, rsdp));
     entry_->state = boot::long_mode_entry_state(info.entry, layout::kZeroPageAddr);
   }
   spdlog::info("kernel {} ({}, {} entry at {:#x}), {} MiB, {} vCPU(s){}", cfg_.kernel,
@@ -399,16 +441,14 @@ ExitStatus Vm::run() {
     v->thread = std::thread([this, vp] { vcpu_loop(*vp); });
   }
 
-  auto next_sample = std::chrono::steady_clock::now();
+  const auto sample_period = std::chrono::milliseconds(cfg_.sample_rip_ms);
+  auto next_sample = std::chrono::steady_clock::now() + sample_period;
   auto next_report = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   {
     std::unique_lock lk(stop_mu_);
     while (!stop_) {
       auto wake = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-      if (cfg_.sample_rip_ms) {
-        next_sample += std::chrono::milliseconds(cfg_.sample_rip_ms);
-        wake = std::min(wake, next_sample);
-      }
+      if (cfg_.sample_rip_ms) wake = std::min(wake, next_sample);
       if (panic_deadline_) wake = std::min(wake, *panic_deadline_);
       stop_cv_.wait_until(lk, wake);
       if (stop_) break;
@@ -420,6 +460,7 @@ ExitStatus Vm::run() {
         break;
       }
       if (cfg_.sample_rip_ms && now >= next_sample) {
+        next_sample = now + sample_period;
         lk.unlock();
         for (auto& v : vcpus_) {
           if (!v->started) continue;

@@ -28,6 +28,7 @@ namespace vmm {
 class Serial16550;
 class I8042;
 class BootProbe;
+class AcpiPm;
 
 // Process exit codes (documented in docs/cli.md).
 enum ExitCode : int {
@@ -99,6 +100,7 @@ class Vm {
   std::shared_ptr<Serial16550> serial_;
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<BootProbe> probe_;
+  std::shared_ptr<AcpiPm> acpi_pm_;
   std::unique_ptr<SerialOutput> serial_out_;
   std::unique_ptr<ConsoleInput> console_in_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;

@@ -214,6 +214,12 @@ Result<void> VcpuFd::set_msrs(std::span<const kvm_msr_entry> entries) {
   return ok();
 }
 
+Result<uint32_t> VcpuFd::get_tsc_khz() const {
+  int r = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+  if (r <= 0) return errno_error("KVM_GET_TSC_KHZ");
+  return static_cast<uint32_t>(r);
+}
+
 Result<uint64_t> VcpuFd::translate(uint64_t gva) const {
   kvm_translation t{};
   t.linear_address = gva;

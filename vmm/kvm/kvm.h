@@ -90,6 +90,8 @@ class VcpuFd {
   Result<void> set_vcpu_events(const kvm_vcpu_events& e);
   Result<kvm_mp_state> get_mp_state() const;
   Result<void> set_mp_state(const kvm_mp_state& s);
+  // KVM_GET_TSC_KHZ: the guest TSC frequency.
+  Result<uint32_t> get_tsc_khz() const;
   // Guest virtual -> guest physical through the vCPU's current page tables.
   Result<uint64_t> translate(uint64_t gva) const;
 

@@ -147,7 +147,7 @@ TEST(Cpuid, NoHypervisorLeafIsFine) {
 TEST(Cpuid, MitigationCmdline) {
   EXPECT_EQ(cpuid_mitigation_cmdline(),
             "noxsave clearcpuid=ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,popcnt,"
-            "smap,smep,xsave,rdrand,rdseed,fsgsbase,movbe");
+            "smap,smep,xsave,rdrand,rdseed,fsgsbase,movbe,cx16");
 }
 
 }  // namespace
