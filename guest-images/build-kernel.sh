@@ -29,6 +29,8 @@ RECIPE=1
 SRC_PKG=linux-source-6.1
 SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 FRAGMENT=$HERE/kernel/minimal.config
+# Our patches to Debian's source, applied in name order (see each one's header).
+PATCH_DIR=$HERE/kernel/patches
 OUT=$CACHE/kernel/minimal
 OUTPUTS=(vmlinux bzImage System.map config)
 # Options that must be =y; reported (and checked) by name in addition to the
@@ -76,7 +78,11 @@ ensure_pkgs "$SRC_PKG"
 SRC_VER=$(pkg_version "$SRC_PKG")
 ensure_pkgs gcc
 GCC_VER=$(gcc -dumpfullversion)
-KEY=$( { echo "recipe=$RECIPE src=$SRC_PKG=$SRC_VER gcc=$GCC_VER"; cat "$FRAGMENT"; } | sha256_stdin)
+shopt -s nullglob
+PATCHES=("$PATCH_DIR"/*.patch)
+shopt -u nullglob
+PATCH_SUM=$(cat /dev/null "${PATCHES[@]}" | sha256_stdin)
+KEY=$( { echo "recipe=$RECIPE src=$SRC_PKG=$SRC_VER gcc=$GCC_VER patches=$PATCH_SUM"; cat "$FRAGMENT"; } | sha256_stdin)
 
 if ((FORCE == 0)) && outputs_current; then
   log "up to date (key ${KEY:0:16}, $SRC_PKG $SRC_VER)"
@@ -106,6 +112,30 @@ if [[ ! -f $SRC_ROOT/.extracted ]]; then
   rm -rf "$SRC_ROOT"
   touch "$SRC_ROOT.tmp/.extracted"
   mv "$SRC_ROOT.tmp" "$SRC_ROOT"
+fi
+
+# --- 1b. Our patches: the tree carries exactly the current set -------------
+# Applied in place (not into a copy) so that the source path, and with it an
+# incremental rebuild in a seeded build directory, stays valid. The set that
+# is applied is recorded, with copies of the patches, to be reversed later.
+APPLIED=$SRC_ROOT/.vmm-patches
+if [[ ! -f $APPLIED/SUM || $(<"$APPLIED/SUM") != "$PATCH_SUM" ]]; then
+  if [[ -d $APPLIED ]]; then
+    mapfile -t old < <(ls -r "$APPLIED"/*.patch 2>/dev/null || true)
+    for p in "${old[@]}"; do
+      log "reverting $(basename "$p")"
+      patch -d "$SRC" -p1 -R -s <"$p" || die "cannot revert $p; delete $SRC_ROOT to start over"
+    done
+  fi
+  rm -rf "$APPLIED"
+  mkdir -p "$APPLIED.tmp"
+  for p in "${PATCHES[@]}"; do
+    log "applying $(basename "$p")"
+    patch -d "$SRC" -p1 -N -s <"$p" || die "patch $p does not apply; delete $SRC_ROOT to start over"
+    cp "$p" "$APPLIED.tmp/"
+  done
+  echo "$PATCH_SUM" >"$APPLIED.tmp/SUM"
+  mv "$APPLIED.tmp" "$APPLIED"
 fi
 
 # --- 2. Out-of-tree build directory keyed by the build key ------------------

@@ -96,7 +96,8 @@ Result<KernelInfo> load_bzimage(const GuestMemory& mem, std::span<const uint8_t>
     if (align == 0 || (align & (align - 1)) != 0 || align > (1ull << 30))
       return make_error("bzImage kernel_alignment {:#x} is not a power of two up to 1 GiB",
                         align);
-    uint64_t want = std::max<uint64_t>(hdr.pref_address, layout::kDefaultKernelAddr);
+    // Copy the packed (misaligned) field: std::max takes references.
+    uint64_t want = std::max(uint64_t{hdr.pref_address}, layout::kDefaultKernelAddr);
     auto bumped = checked_add(want, align - 1);
     if (!bumped) return make_error("bzImage pref_address {:#x} overflows",
                                    uint64_t{hdr.pref_address});

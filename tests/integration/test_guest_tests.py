@@ -244,6 +244,9 @@ def cpuid_probe(a):
         if "does not virtualize CPUID" in err:
             check("clearcpuid=" in line and "noxsave" in line,
                   "mitigation detected but not on the command line", g)
+            check("vmm.syscall_fixup" in line, "syscall fixup not requested", g)
+            check(re.search(r"tsc_early_khz=\d+ tsc=reliable", line),
+                  "TSC rate not passed to the guest", g)
         else:
             check("clearcpuid=" not in line, "mitigation added on a host that needs none", g)
         g.send("exit 0")

@@ -269,6 +269,10 @@ Result<void> Vm::load_guest(const std::vector<uint8_t>& kernel,
   }
   if (mitigate) {
     cmdline_ += " " + boot::cpuid_mitigation_cmdline();
+    // The same hosts (nested PVM) leave a guest's user-mode SYSCALL half done
+    // (docs/linux-boot.md); our default guest kernel completes it when told so.
+    // Other kernels ignore the parameter.
+    cmdline_ += " vmm.syscall_fixup";
     // Such hosts interpret guest kernel code (~1 MIPS): a guest without kvmclock
     // cannot calibrate its TSC against the PIT there and falls back to jiffies.
     // The VMM knows the rate; tell the kernel, and keep its clocksource watchdog

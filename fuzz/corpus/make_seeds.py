@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Regenerates the hand-made seed corpus under fuzz/corpus/<target>/.
+
+Every seed is built here from the format specifications (ELF64, the Linux x86
+boot protocol, the 16550 register map, System.map), not copied from anywhere.
+Run from anywhere: python3 fuzz/corpus/make_seeds.py
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def out(target, name, data):
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ------------------------------------------------------------------ kernel --
+
+EHDR = "<16sHHIQQQIHHHHHH"  # Elf64_Ehdr, 64 bytes
+PHDR = "<IIQQQQQQ"  # Elf64_Phdr, 56 bytes
+PT_LOAD, PT_NOTE = 1, 4
+
+
+def elf(entry, phdrs, body, body_off):
+    """phdrs: (type, flags, offset, vaddr, paddr, filesz, memsz, align)."""
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)  # ELFCLASS64, LSB, EV_CURRENT
+    eh = struct.pack(EHDR, ident, 2, 62, 1, entry, 64, 0, 0, 64, 56, len(phdrs), 0, 0, 0)
+    ph = b"".join(struct.pack(PHDR, *p) for p in phdrs)
+    img = bytearray(eh + ph)
+    img += bytes(max(0, body_off - len(img)))
+    img[body_off:body_off + len(body)] = body
+    return bytes(img)
+
+
+CODE = bytes([0xf4, 0xeb, 0xfd]) + bytes(13)  # hlt; jmp .-1
+
+
+def xen_note(entry):
+    name = b"Xen\0"
+    desc = struct.pack("<I", entry)
+    return struct.pack("<III", len(name), len(desc), 18) + name + desc
+
+
+def bzimage(setup_sects=1, version=0x020F, loadflags=0x01, xloadflags=0x03, reloc=1,
+            align=0x200000, pref=0x1000000, init_size=0x10000, payload=0x240,
+            initrd_max=0x7FFFFFFF, cmdline_size=2047):
+    sects = setup_sects or 4
+    img = bytearray((sects + 1) * 512 + payload)
+    img[0x1F1] = setup_sects
+    struct.pack_into("<H", img, 0x1FE, 0xAA55)
+    struct.pack_into("<H", img, 0x200, 0xEB | ((0x26C - 0x202) << 8))  # jmp over the header
+    img[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", img, 0x206, version)
+    img[0x211] = loadflags
+    struct.pack_into("<I", img, 0x22C, initrd_max)
+    struct.pack_into("<I", img, 0x230, align)
+    img[0x234] = reloc
+    struct.pack_into("<H", img, 0x236, xloadflags)
+    struct.pack_into("<I", img, 0x238, cmdline_size)
+    struct.pack_into("<Q", img, 0x250, 0xDEADBEEF)  # setup_data: must not reach the zero page
+    struct.pack_into("<Q", img, 0x258, pref)
+    struct.pack_into("<I", img, 0x260, init_size)
+    base = (sects + 1) * 512
+    for i in range(payload):
+        img[base + i] = i & 0xFF
+    return bytes(img)
+
+
+def kernel_seeds():
+    t = "fuzz_kernel_loader"
+    # One PT_LOAD at 1 MiB, physical entry, a small .bss.
+    out(t, "elf-one-load", elf(0x100000, [(PT_LOAD, 5, 0x78, 0x100000, 0x100000, 16, 0x1000, 0x1000)],
+                               CODE, 0x78))
+    # Kernel-virtual entry translated through p_vaddr, plus a Xen PVH note.
+    note = xen_note(0x1000000)
+    out(t, "elf-virt-pvh", elf(0xFFFFFFFF81000000,
+                               [(PT_LOAD, 5, 0xB0, 0xFFFFFFFF81000000, 0x1000000, 16, 0x2000, 0x1000),
+                                (PT_NOTE, 4, 0xC0, 0, 0, len(note), len(note), 4)],
+                               CODE + note, 0xB0))
+    # Two loads, the second all .bss.
+    out(t, "elf-two-loads", elf(0x200000,
+                                [(PT_LOAD, 5, 0xB0, 0x200000, 0x200000, 16, 16, 0x1000),
+                                 (PT_LOAD, 6, 0, 0x201000, 0x201000, 0, 0x3000, 0x1000)],
+                                CODE, 0xB0))
+    out(t, "bzimage-reloc", bzimage())
+    out(t, "bzimage-fixed", bzimage(reloc=0, pref=0x200000, setup_sects=0, init_size=0x1000))
+    out(t, "bzimage-old-proto", bzimage(version=0x0204))
+
+
+# ------------------------------------------------------------------ serial --
+
+def rec(op, window, delta, size, value):
+    """One access record: see fuzz_serial.cc (op, target, size, u32 value)."""
+    return struct.pack("<BBBI", op, window + 8 * (delta + 4), size, value)
+
+
+R, W, IN, RT, RMW, MUT = range(6)
+COM1, COM1_HI, KBD_DATA, KBD_CMD, PROBE, PROBE_MMIO, PROBE_MMIO_HI, NONE = range(8)
+
+
+def serial_seeds():
+    t = "fuzz_serial"
+    # Linux 8250 probe-ish: LCR=DLAB, divisor, LCR=8N1, FCR, IER, MCR, THR writes, reads.
+    init = b"".join([
+        rec(W, COM1, 3, 1, 0x80), rec(W, COM1, 0, 1, 0x01), rec(W, COM1, 1, 1, 0x00),
+        rec(W, COM1, 3, 1, 0x03), rec(W, COM1, 2, 1, 0xC7), rec(W, COM1, 4, 1, 0x0B),
+        rec(W, COM1, 1, 1, 0x0F), rec(R, COM1, 2, 1, 0), rec(W, COM1, 0, 1, ord("h")),
+        rec(R, COM1, 5, 1, 0), rec(R, COM1, 6, 1, 0), rec(R, COM1, 2, 1, 0),
+    ])
+    out(t, "serial-init", init)
+    # Host input past the FIFO bound, then reads draining it; a 2-byte read.
+    out(t, "serial-input", b"".join([
+        rec(W, COM1, 1, 1, 0x05), rec(IN, COM1, 0, 0, 0x00411100), rec(IN, COM1, 0, 0, 0x00420010),
+        rec(R, COM1, 0, 1, 0), rec(R, COM1, 5, 1, 0), rec(R, COM1, 0, 2, 0), rec(RT, COM1, 0, 0, 0),
+        rec(W, COM1, 2, 1, 0x02), rec(R, COM1, 5, 1, 0),
+    ]))
+    # Loopback: THR writes land in the RX FIFO; MCR changes set MSR deltas.
+    out(t, "serial-loopback", b"".join([
+        rec(W, COM1, 4, 1, 0x1F), rec(W, COM1, 1, 1, 0x0D), rec(W, COM1, 0, 1, 0x55),
+        rec(R, COM1, 6, 1, 0), rec(W, COM1, 4, 1, 0x10), rec(R, COM1, 6, 1, 0),
+        rec(R, COM1, 0, 1, 0), rec(R, COM1_HI, 2, 4, 0), rec(MUT, COM1, 0, 0, 0x00000110),
+    ]))
+    # i8042: read command byte, write command byte, write output port (reset), 0xfe.
+    out(t, "i8042", b"".join([
+        rec(W, KBD_CMD, 0, 1, 0x20), rec(R, KBD_CMD, 0, 1, 0), rec(R, KBD_DATA, 0, 1, 0),
+        rec(W, KBD_CMD, 0, 1, 0x60), rec(W, KBD_DATA, 0, 1, 0x47), rec(W, KBD_CMD, 0, 1, 0xD1),
+        rec(W, KBD_DATA, 0, 1, 0xFE), rec(W, KBD_CMD, 0, 1, 0xFE), rec(W, KBD_CMD, 0, 2, 0xFE),
+    ]))
+    # Boot probe over PIO and MMIO: marks, signature reads, exit requests, odd sizes.
+    out(t, "boot-probe", b"".join([
+        rec(W, PROBE, 0, 1, 0x42), rec(R, PROBE, 0, 1, 0), rec(R, PROBE, 4, 4, 0),
+        rec(R, PROBE_MMIO, 4, 2, 0), rec(W, PROBE_MMIO, 0, 1, 0x17), rec(R, PROBE_MMIO_HI, 0, 4, 0),
+        rec(W, PROBE, 4, 4, 7), rec(W, PROBE, 6, 4, 1), rec(R, PROBE, -2, 4, 0),
+        rec(W, NONE, 0, 1, 0x99),
+    ]))
+
+
+# ----------------------------------------------------------------- symbols --
+
+def symbols_seeds():
+    t = "fuzz_symbols"
+    out(t, "system-map", (
+        b"ffffffff81000000 T _text\n"
+        b"ffffffff81000100 t early_setup\n"
+        b"ffffffff81001000 T start_kernel\n"
+        b"ffffffff82000000 D some_data\n"
+        b"0000000000000000 A fixed_percpu_data\n"
+        b"ffffffff81002000 W weak_thing\n"
+        b"ffffffff81003000 T a.b.c_d\n"
+        b"xyz T not_hex\n"
+        b"\n"))
+    out(t, "panic-console", (
+        b"[    0.000000] Linux version 6.1.0 (test)\r\n"
+        b"[    1.234567] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n"
+        b"[    1.234600] CPU: 0 PID: 1 Comm: swapper/0\n"
+        b"[    1.234700] ---[ end Kernel panic - not syncing: VFS ]---\n"))
+    out(t, "mixed", (
+        b"ffffffff81000000 T _text\n"
+        b"Kernel panic - not syncing: Attempted to kill init!\n"
+        b"0xffffffff81000010 t with_prefix\n"
+        b"-1 T negative\n"))
+
+
+if __name__ == "__main__":
+    kernel_seeds()
+    serial_seeds()
+    symbols_seeds()
