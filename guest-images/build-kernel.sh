@@ -15,8 +15,9 @@
 # The last lines printed are the paths of these four files.
 #
 # The build is keyed by sha256(fragment + linux-source version + gcc version
-# + recipe version); a rerun with an unchanged key prints the paths at once.
-# Takes ~7-10 minutes with 2 jobs on the 2-core build host.
+# + patches + recipe version); a rerun with an unchanged key prints the paths
+# at once. A first build takes ~6-14 minutes with 2 jobs on the shared 2-core
+# build host (plus ~1 minute to unpack the source once).
 set -euo pipefail
 
 PROG=$(basename "$0")
@@ -71,6 +72,11 @@ outputs_current() {
 }
 
 [[ -f $FRAGMENT ]] || die "config fragment not found: $FRAGMENT"
+# Work on a snapshot: the key, the merge and the verification must all see
+# the same fragment even if someone edits it during the build.
+FRAG=$(mktemp "${TMPDIR:-/tmp}/minimal.config.XXXXXX")
+trap 'rm -f "$FRAG"' EXIT
+cp "$FRAGMENT" "$FRAG"
 
 # linux-source-6.1 is needed even to compute the key.
 ensure_pkgs "$SRC_PKG"
@@ -82,7 +88,7 @@ shopt -s nullglob
 PATCHES=("$PATCH_DIR"/*.patch)
 shopt -u nullglob
 PATCH_SUM=$(cat /dev/null "${PATCHES[@]}" | sha256_stdin)
-KEY=$( { echo "recipe=$RECIPE src=$SRC_PKG=$SRC_VER gcc=$GCC_VER patches=$PATCH_SUM"; cat "$FRAGMENT"; } | sha256_stdin)
+KEY=$( { echo "recipe=$RECIPE src=$SRC_PKG=$SRC_VER gcc=$GCC_VER patches=$PATCH_SUM"; cat "$FRAG"; } | sha256_stdin)
 
 if ((FORCE == 0)) && outputs_current; then
   log "up to date (key ${KEY:0:16}, $SRC_PKG $SRC_VER)"
@@ -115,8 +121,8 @@ if [[ ! -f $SRC_ROOT/.extracted ]]; then
 fi
 
 # --- 1b. Our patches: the tree carries exactly the current set -------------
-# Applied in place (not into a copy) so that the source path, and with it an
-# incremental rebuild in a seeded build directory, stays valid. The set that
+# Applied in place (not into a copy) so that the source path, and with it
+# existing build directories, stays valid. The set that
 # is applied is recorded, with copies of the patches, to be reversed later.
 APPLIED=$SRC_ROOT/.vmm-patches
 if [[ ! -f $APPLIED/SUM || $(<"$APPLIED/SUM") != "$PATCH_SUM" ]]; then
@@ -143,22 +149,10 @@ BUILD_ROOT=$CACHE/build
 BUILD=$BUILD_ROOT/kernel-minimal-${KEY:0:16}
 LAST=$BUILD_ROOT/kernel-minimal.last
 mkdir -p "$BUILD_ROOT"
-if [[ ! -d $BUILD ]]; then
-  # Seed from the previous build of the same source, if any: kbuild then
-  # recompiles only what the config change affects (minutes saved when
-  # experimenting with the fragment). The config steps below always rerun.
-  prev=$(readlink "$LAST" 2>/dev/null || true)
-  if [[ -n $prev && -d $BUILD_ROOT/$prev && -f $BUILD_ROOT/$prev/.vmm-src && \
-        $(<"$BUILD_ROOT/$prev/.vmm-src") == "$SRC" ]]; then
-    log "seeding $BUILD from $BUILD_ROOT/$prev (incremental rebuild)"
-    rm -rf "$BUILD.tmp"
-    cp -a "$BUILD_ROOT/$prev" "$BUILD.tmp"
-    rm -f "$BUILD.tmp/.vmm-config-ok"
-    mv "$BUILD.tmp" "$BUILD"
-  else
-    mkdir -p "$BUILD"
-  fi
-fi
+# A new key always starts from an empty directory. (Seeding it with a copy of
+# the previous one does not save anything: kbuild rebuilds tools/objtool for
+# the new path, and every object depends on objtool.)
+mkdir -p "$BUILD"
 echo "$SRC" >"$BUILD/.vmm-src"
 LOGFILE=$BUILD/build.log
 : >"$LOGFILE"
@@ -183,7 +177,7 @@ verify_config() {
       if (want == "") next
       have = (k in cfg) ? cfg[k] : "n"
       if (have != want) printf "  %s: fragment wants %s, .config has %s%s\n", k, want, have, (k in cfg) ? "" : " (symbol absent: unmet dependency)"
-    }' "$BUILD/.config" "$FRAGMENT")
+    }' "$BUILD/.config" "$FRAG")
   local o v
   for o in "${KEY_ON[@]}"; do
     v=$(sed -n "s/^CONFIG_$o=//p" "$BUILD/.config")
@@ -206,7 +200,7 @@ if [[ ! -f $BUILD/.vmm-config-ok ]]; then
   log "configuring in $BUILD (tinyconfig + $(basename "$FRAGMENT"))"
   {
     kmake tinyconfig
-    "$SRC/scripts/kconfig/merge_config.sh" -m -O "$BUILD" "$BUILD/.config" "$FRAGMENT"
+    "$SRC/scripts/kconfig/merge_config.sh" -m -O "$BUILD" "$BUILD/.config" "$FRAG"
     kmake olddefconfig
   } >>"$LOGFILE" 2>&1 || { tail -n 30 "$LOGFILE" >&2; die "kernel configuration failed; log: $LOGFILE"; }
   verify_config
@@ -214,10 +208,11 @@ if [[ ! -f $BUILD/.vmm-config-ok ]]; then
 else
   verify_config
 fi
-log "config verified: all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set)' "$FRAGMENT") fragment assignments hold"
+cp "$FRAG" "$BUILD/.vmm-fragment"
+log "config verified: all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set)' "$FRAG") fragment assignments hold"
 
 # --- 4. Build ---------------------------------------------------------------
-log "building vmlinux + bzImage with -j$JOBS (nice 10; ~7-10 min on 2 cores); log: $LOGFILE"
+log "building vmlinux + bzImage with -j$JOBS (nice 10; ~6-14 min on 2 shared cores); log: $LOGFILE"
 start=$SECONDS
 if ((VERBOSE)); then
   kmake -j"$JOBS" vmlinux bzImage 2>&1 | tee -a "$LOGFILE" ||
