@@ -269,6 +269,67 @@ def cpuid_probe(a):
         g.kill()
 
 
+@test
+def console_escape(a):
+    """On a terminal the console is raw, Ctrl-A x quits with status 0, typed
+    bytes reach the guest, and the terminal settings are restored on exit."""
+    import pty
+    import select
+    import subprocess
+    import termios
+    import time
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    p = subprocess.Popen([a.vmm, "--kernel", a.guest, "--serial", "stdio"], stdin=slave,
+                         stdout=slave, stderr=subprocess.PIPE)
+    out = b""
+
+    def read_until(text, timeout=20):
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while text.encode() not in out:
+            left = deadline - time.monotonic()
+            check(left > 0, f"timed out waiting for {text!r}: {out!r}")
+            r, _, _ = select.select([master], [], [], min(left, 0.2))
+            if r:
+                out += os.read(master, 4096)
+
+    try:
+        read_until("TESTGUEST READY")
+        check(termios.tcgetattr(slave)[3] & termios.ICANON == 0, "terminal not in raw mode")
+        # Raw mode: the guest gets '\r' for Enter (it ignores it) and the bytes as typed.
+        os.write(master, b"echo typed on a terminal\r\n")
+        read_until("typed on a terminal\r\n")
+        os.write(master, b"\x01x")  # Ctrl-A x
+        rc = p.wait(timeout=20)
+        err = p.stderr.read().decode(errors="replace")
+        check(rc == 0, f"Ctrl-A x gave exit code {rc}: {err}")
+        check("Ctrl-A x" in err, f"quit reason not logged: {err}")
+        check(termios.tcgetattr(slave) == before, "terminal settings were not restored")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+        os.close(slave)
+
+
+@test
+def guest_panic(a):
+    """A kernel panic on the guest console ends the VMM with status 3 and the
+    panic line as the reason (here the test guest prints the lines Linux would)."""
+    g = boot(a)
+    try:
+        g.command("echo Kernel panic - not syncing: VFS: Unable to mount root fs",
+                  "Kernel panic")
+        g.send("echo ---[ end Kernel panic - not syncing: VFS: Unable to mount root fs ]---")
+        rc = g.wait()
+        check(rc == 3, f"panic gave exit code {rc}", g)
+        check("guest kernel panic: Kernel panic - not syncing: VFS: Unable to mount root fs"
+              in g.err.decode(), "panic reason not logged", g)
+    finally:
+        g.kill()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vmm", required=True)
