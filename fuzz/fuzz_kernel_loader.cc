@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/fuzz_check.h"
 #include "boot/x86_64/boot_params.h"
 #include "boot/x86_64/e820.h"
 #include "boot/x86_64/kernel_loader.h"
@@ -29,14 +30,6 @@ namespace {
 
 using namespace vmm;
 using namespace vmm::boot;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 constexpr uint64_t kMiB = 1ull << 20;
 

@@ -28,6 +28,7 @@
 #include <span>
 #include <vector>
 
+#include "fuzz/fuzz_check.h"
 #include "boot/x86_64/layout.h"
 #include "devices/bus.h"
 #include "devices/legacy/boot_probe.h"
@@ -37,14 +38,6 @@
 namespace {
 
 using namespace vmm;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 class FakeIrq : public IrqLine {
  public:

@@ -15,20 +15,13 @@
 #include <string>
 #include <string_view>
 
+#include "fuzz/fuzz_check.h"
 #include "vmm/core/console.h"
 #include "vmm/core/symbols.h"
 
 namespace {
 
 using namespace vmm;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 void check_symbolize(const SymbolMap& m, uint64_t addr) {
   std::string s = m.symbolize(addr);

@@ -5,6 +5,7 @@
 
 #include "boot/x86_64/boot_params.h"
 #include "boot/x86_64/layout.h"
+#include "boot/x86_64/table_bytes.h"
 #include "boot/x86_64/mptable.h"
 #include "boot/x86_64/zero_page.h"
 
@@ -35,17 +36,6 @@ constexpr uint32_t kCreatorRevision = 1;
 constexpr char kHypervisorVendor[8] = {'V', 'M', 'M', 'K', 'V', 'M', 0, 0};
 constexpr uint64_t kTableAlign = 16;
 
-uint8_t checksum(const uint8_t* p, size_t n) {
-  uint8_t sum = 0;
-  for (size_t i = 0; i < n; ++i) sum = static_cast<uint8_t>(sum + p[i]);
-  return static_cast<uint8_t>(-sum);  // makes the byte sum zero
-}
-
-template <typename T>
-void append(std::vector<uint8_t>& buf, const T& v) {
-  const auto* p = reinterpret_cast<const uint8_t*>(&v);
-  buf.insert(buf.end(), p, p + sizeof(T));
-}
 
 // oem_table_id is "VMM" + the signature, space padded to 8.
 AcpiTableHeader make_header(std::string_view sig, uint8_t revision) {
@@ -66,7 +56,7 @@ void finish_table(std::vector<uint8_t>& t) {
   uint32_t len = static_cast<uint32_t>(t.size());
   std::memcpy(t.data() + offsetof(AcpiTableHeader, length), &len, sizeof(len));
   t[offsetof(AcpiTableHeader, checksum)] = 0;
-  t[offsetof(AcpiTableHeader, checksum)] = checksum(t.data(), t.size());
+  t[offsetof(AcpiTableHeader, checksum)] = table_checksum(t.data(), t.size());
 }
 
 AcpiGas io_register8(uint16_t port) {
@@ -102,14 +92,14 @@ std::vector<uint8_t> build_fadt(uint64_t dsdt_addr) {
   std::memcpy(&f.hypervisor_vendor_id, kHypervisorVendor, sizeof(kHypervisorVendor));
 
   std::vector<uint8_t> t;
-  append(t, f);
+  append_bytes(t, f);
   finish_table(t);
   return t;
 }
 
 std::vector<uint8_t> build_dsdt() {
   std::vector<uint8_t> t;
-  append(t, make_header("DSDT", kDsdtRevision));
+  append_bytes(t, make_header("DSDT", kDsdtRevision));
   auto body = aml::dsdt_body();
   t.insert(t.end(), body.begin(), body.end());
   finish_table(t);
@@ -132,7 +122,7 @@ std::vector<uint8_t> build_madt(int num_cpus) {
   h.header = make_header("APIC", kMadtRevision);
   h.local_apic_address = static_cast<uint32_t>(layout::kLapicAddr);
   h.flags = kMadtPcatCompat;
-  append(t, h);
+  append_bytes(t, h);
   for (int i = 0; i < num_cpus; ++i) {
     MadtLocalApic lapic{};
     lapic.type = kMadtLocalApic;
@@ -140,7 +130,7 @@ std::vector<uint8_t> build_madt(int num_cpus) {
     lapic.processor_uid = static_cast<uint8_t>(i);
     lapic.apic_id = static_cast<uint8_t>(i);
     lapic.flags = kMadtLapicEnabled;
-    append(t, lapic);
+    append_bytes(t, lapic);
   }
   MadtIoApic ioapic{};
   ioapic.type = kMadtIoApic;
@@ -148,22 +138,22 @@ std::vector<uint8_t> build_madt(int num_cpus) {
   ioapic.io_apic_id = static_cast<uint8_t>(num_cpus);  // as in the MP table
   ioapic.address = static_cast<uint32_t>(layout::kIoapicAddr);
   ioapic.gsi_base = 0;
-  append(t, ioapic);
+  append_bytes(t, ioapic);
   MadtLocalApicNmi nmi{};
   nmi.type = kMadtLocalApicNmi;
   nmi.length = sizeof(MadtLocalApicNmi);
   nmi.processor_uid = kMadtAllProcessors;
   nmi.flags = 0;  // conforms to the bus: edge, active high
   nmi.lint = 1;
-  append(t, nmi);
+  append_bytes(t, nmi);
   finish_table(t);
   return t;
 }
 
 std::vector<uint8_t> build_xsdt(const std::vector<uint64_t>& entries) {
   std::vector<uint8_t> t;
-  append(t, make_header("XSDT", kXsdtRevision));
-  for (uint64_t e : entries) append(t, e);
+  append_bytes(t, make_header("XSDT", kXsdtRevision));
+  for (uint64_t e : entries) append_bytes(t, e);
   finish_table(t);
   return t;
 }
@@ -177,8 +167,8 @@ AcpiRsdp build_rsdp(uint64_t xsdt_addr) {
   r.length = sizeof(AcpiRsdp);
   r.xsdt_address = xsdt_addr;
   const auto* p = reinterpret_cast<const uint8_t*>(&r);
-  r.checksum = checksum(p, kRsdpV1Length);
-  r.extended_checksum = checksum(p, sizeof(AcpiRsdp));
+  r.checksum = table_checksum(p, kRsdpV1Length);
+  r.extended_checksum = table_checksum(p, sizeof(AcpiRsdp));
   return r;
 }
 

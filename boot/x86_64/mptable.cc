@@ -4,24 +4,9 @@
 #include <vector>
 
 #include "boot/x86_64/layout.h"
+#include "boot/x86_64/table_bytes.h"
 
 namespace vmm::boot {
-
-namespace {
-
-uint8_t checksum(const uint8_t* p, size_t n) {
-  uint8_t sum = 0;
-  for (size_t i = 0; i < n; ++i) sum = static_cast<uint8_t>(sum + p[i]);
-  return static_cast<uint8_t>(-sum);  // makes the byte sum zero
-}
-
-template <typename T>
-void append(std::vector<uint8_t>& buf, const T& v) {
-  const auto* p = reinterpret_cast<const uint8_t*>(&v);
-  buf.insert(buf.end(), p, p + sizeof(T));
-}
-
-}  // namespace
 
 Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
   if (num_cpus < 1 || num_cpus > kMpMaxCpus)
@@ -45,14 +30,14 @@ Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
     cpu.cpu_flags = kMpCpuEnabled | (i == 0 ? kMpCpuBsp : 0);
     cpu.cpu_signature = 0x600;            // family 6
     cpu.feature_flags = (1u << 9) | 1u;   // APIC | FPU
-    append(table, cpu);
+    append_bytes(table, cpu);
     ++entries;
   }
   MpBusEntry bus{};
   bus.type = kMpBus;
   bus.bus_id = 0;
   std::memcpy(bus.bus_type, "ISA   ", 6);
-  append(table, bus);
+  append_bytes(table, bus);
   ++entries;
 
   const uint8_t ioapic_id = static_cast<uint8_t>(num_cpus);
@@ -62,7 +47,7 @@ Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
   ioapic.apic_version = kIoapicVersion;
   ioapic.flags = 1;
   ioapic.addr = static_cast<uint32_t>(layout::kIoapicAddr);
-  append(table, ioapic);
+  append_bytes(table, ioapic);
   ++entries;
 
   for (int irq = 0; irq < kMpIsaIrqs; ++irq) {
@@ -74,7 +59,7 @@ Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
     src.src_bus_irq = static_cast<uint8_t>(irq);
     src.dst_ioapic = ioapic_id;
     src.dst_pin = static_cast<uint8_t>(irq);
-    append(table, src);
+    append_bytes(table, src);
     ++entries;
   }
   const uint8_t lints[2][2] = {{kMpIrqExtInt, 0}, {kMpIrqNmi, 1}};
@@ -86,7 +71,7 @@ Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
     lint.src_bus_irq = 0;
     lint.dst_lapic = 0xff;
     lint.dst_lint = l[1];
-    append(table, lint);
+    append_bytes(table, lint);
     ++entries;
   }
 
@@ -99,14 +84,14 @@ Result<void> write_mptable(const GuestMemory& mem, int num_cpus) {
   hdr.entry_count = entries;
   hdr.lapic_addr = static_cast<uint32_t>(layout::kLapicAddr);
   std::memcpy(table.data(), &hdr, sizeof(hdr));
-  table[offsetof(MpConfigHeader, checksum)] = checksum(table.data(), table.size());
+  table[offsetof(MpConfigHeader, checksum)] = table_checksum(table.data(), table.size());
 
   MpFloatingPointer mpf{};
   std::memcpy(mpf.signature, "_MP_", 4);
   mpf.physptr = static_cast<uint32_t>(config_addr);
   mpf.length = 1;
   mpf.spec_rev = kMpSpecRev;
-  mpf.checksum = checksum(reinterpret_cast<const uint8_t*>(&mpf), sizeof(mpf));
+  mpf.checksum = table_checksum(reinterpret_cast<const uint8_t*>(&mpf), sizeof(mpf));
 
   auto w = mem.write_obj(layout::kMpTableAddr, mpf);
   if (w.ok()) w = mem.write(config_addr, table);

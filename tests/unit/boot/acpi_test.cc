@@ -49,7 +49,7 @@ std::vector<uint8_t> read_table(const GuestMemory& mem, uint64_t gpa) {
   EXPECT_TRUE(hdr.ok());
   if (!hdr.ok()) return {};
   EXPECT_GE(gpa, layout::kAcpiTablesAddr);
-  EXPECT_GE(hdr->length, sizeof(AcpiTableHeader));
+  EXPECT_GE(uint32_t{hdr->length}, sizeof(AcpiTableHeader));
   EXPECT_LE(gpa + hdr->length, layout::kAcpiTablesAddr + layout::kAcpiTablesMaxSize);
   return read_bytes(mem, gpa, hdr->length);
 }
@@ -109,9 +109,11 @@ TEST(Acpi, RsdpFields) {
   EXPECT_EQ(sig(rsdp->signature, 8), "RSD PTR ");
   EXPECT_EQ(sig(rsdp->oem_id, 6), "VMMKVM");
   EXPECT_EQ(rsdp->revision, 2);
-  EXPECT_EQ(rsdp->rsdt_address, 0u);
-  EXPECT_EQ(rsdp->length, 36u);
-  EXPECT_NE(rsdp->xsdt_address, 0u);
+  // The ACPI structures are packed: gtest takes its arguments by reference, so
+  // multi-byte fields are copied to values first (here and below).
+  EXPECT_EQ(uint32_t{rsdp->rsdt_address}, 0u);
+  EXPECT_EQ(uint32_t{rsdp->length}, 36u);
+  EXPECT_NE(uint64_t{rsdp->xsdt_address}, 0u);
   EXPECT_EQ(byte_sum(read_bytes(mem, *addr, 20)), 0);  // ACPI 1.0 checksum
   EXPECT_EQ(byte_sum(read_bytes(mem, *addr, 36)), 0);  // extended checksum
 }
@@ -160,7 +162,7 @@ TEST(Acpi, XsdtListsFadtAndMadt) {
   auto xh = read_at<AcpiTableHeader>(t.xsdt, 0);
   EXPECT_EQ(sig(xh.signature, 4), "XSDT");
   EXPECT_EQ(xh.revision, 1);
-  EXPECT_EQ(xh.length, 36u + 2 * 8);
+  EXPECT_EQ(uint32_t{xh.length}, 36u + 2 * 8);
   EXPECT_EQ(sig(xh.oem_id, 6), "VMMKVM");
   ASSERT_EQ(t.xsdt_entries.size(), 2u);
   EXPECT_EQ(t.xsdt_entries[0], t.fadt_addr);
@@ -193,36 +195,36 @@ TEST(Acpi, FadtFields) {
   ASSERT_EQ(t.fadt.size(), 276u);
   auto f = read_at<AcpiFadt>(t.fadt, 0);
   EXPECT_EQ(sig(f.header.signature, 4), "FACP");
-  EXPECT_EQ(f.header.length, 276u);
+  EXPECT_EQ(uint32_t{f.header.length}, 276u);
   EXPECT_EQ(f.header.revision, 6);
   EXPECT_EQ(f.minor_version, 4);
   EXPECT_EQ(sig(f.header.oem_table_id, 8), "VMMFACP ");
 
   EXPECT_TRUE(f.flags & (1u << 20)) << "HW_REDUCED_ACPI";
   EXPECT_TRUE(f.flags & (1u << 10)) << "RESET_REG_SUP";
-  EXPECT_EQ(f.flags, (1u << 20) | (1u << 10) | (1u << 4) | (1u << 5));
+  EXPECT_EQ(uint32_t{f.flags}, (1u << 20) | (1u << 10) | (1u << 4) | (1u << 5));
   // i8042 present, VGA not present, CMOS RTC not present; nothing else.
-  EXPECT_EQ(f.iapc_boot_arch, (1u << 1) | (1u << 2) | (1u << 5));
+  EXPECT_EQ(uint16_t{f.iapc_boot_arch}, (1u << 1) | (1u << 2) | (1u << 5));
   EXPECT_EQ(f.preferred_pm_profile, 0);
 
   // Hardware-reduced: no fixed hardware, no SCI, no FACS.
-  EXPECT_EQ(f.firmware_ctrl, 0u);
-  EXPECT_EQ(f.x_firmware_ctrl, 0u);
-  EXPECT_EQ(f.sci_int, 0);
-  EXPECT_EQ(f.smi_cmd, 0u);
-  EXPECT_EQ(f.pm1a_evt_blk, 0u);
-  EXPECT_EQ(f.pm1a_cnt_blk, 0u);
-  EXPECT_EQ(f.pm_tmr_blk, 0u);
-  EXPECT_EQ(f.gpe0_blk, 0u);
+  EXPECT_EQ(uint32_t{f.firmware_ctrl}, 0u);
+  EXPECT_EQ(uint64_t{f.x_firmware_ctrl}, 0u);
+  EXPECT_EQ(uint16_t{f.sci_int}, 0);
+  EXPECT_EQ(uint32_t{f.smi_cmd}, 0u);
+  EXPECT_EQ(uint32_t{f.pm1a_evt_blk}, 0u);
+  EXPECT_EQ(uint32_t{f.pm1a_cnt_blk}, 0u);
+  EXPECT_EQ(uint32_t{f.pm_tmr_blk}, 0u);
+  EXPECT_EQ(uint32_t{f.gpe0_blk}, 0u);
   EXPECT_EQ(f.pm1_evt_len, 0);
-  EXPECT_EQ(f.x_pm1a_evt_blk.address, 0u);
-  EXPECT_EQ(f.x_pm1a_cnt_blk.address, 0u);
-  EXPECT_EQ(f.x_pm_tmr_blk.address, 0u);
-  EXPECT_EQ(f.x_gpe0_blk.address, 0u);
+  EXPECT_EQ(uint64_t{f.x_pm1a_evt_blk.address}, 0u);
+  EXPECT_EQ(uint64_t{f.x_pm1a_cnt_blk.address}, 0u);
+  EXPECT_EQ(uint64_t{f.x_pm_tmr_blk.address}, 0u);
+  EXPECT_EQ(uint64_t{f.x_gpe0_blk.address}, 0u);
 
   // DSDT: both pointers, same table.
-  EXPECT_EQ(f.x_dsdt, t.dsdt_addr);
-  EXPECT_EQ(f.dsdt, t.dsdt_addr);
+  EXPECT_EQ(uint64_t{f.x_dsdt}, t.dsdt_addr);
+  EXPECT_EQ(uint32_t{f.dsdt}, t.dsdt_addr);
   EXPECT_EQ(sig(reinterpret_cast<const char*>(t.dsdt.data()), 4), "DSDT");
 
   auto check_io8 = [](const AcpiGas& g, uint16_t port) {
@@ -230,14 +232,14 @@ TEST(Acpi, FadtFields) {
     EXPECT_EQ(g.bit_width, 8);
     EXPECT_EQ(g.bit_offset, 0);
     EXPECT_EQ(g.access_size, 1);  // byte
-    EXPECT_EQ(g.address, port);
+    EXPECT_EQ(uint64_t{g.address}, port);
   };
   check_io8(f.sleep_control_reg, 0x3c0);
   check_io8(f.sleep_status_reg, 0x3c1);
   check_io8(f.reset_reg, 0x3c2);
-  EXPECT_EQ(f.sleep_control_reg.address, layout::kAcpiSleepControlPort);
-  EXPECT_EQ(f.sleep_status_reg.address, layout::kAcpiSleepStatusPort);
-  EXPECT_EQ(f.reset_reg.address, layout::kAcpiResetPort);
+  EXPECT_EQ(uint64_t{f.sleep_control_reg.address}, layout::kAcpiSleepControlPort);
+  EXPECT_EQ(uint64_t{f.sleep_status_reg.address}, layout::kAcpiSleepStatusPort);
+  EXPECT_EQ(uint64_t{f.reset_reg.address}, layout::kAcpiResetPort);
   EXPECT_EQ(f.reset_value, 0x01);
   EXPECT_EQ(f.reset_value, layout::kAcpiResetValue);
   char vendor[8];
@@ -318,9 +320,9 @@ void check_madt(int cpus) {
   auto h = read_at<AcpiMadtHeader>(t.madt, 0);
   EXPECT_EQ(sig(h.header.signature, 4), "APIC");
   EXPECT_EQ(h.header.revision, 5);
-  EXPECT_EQ(h.local_apic_address, layout::kLapicAddr);
-  EXPECT_EQ(h.flags, 1u);  // PCAT_COMPAT
-  EXPECT_EQ(h.header.length, 44u + 8u * cpus + 12u + 6u);
+  EXPECT_EQ(uint32_t{h.local_apic_address}, layout::kLapicAddr);
+  EXPECT_EQ(uint32_t{h.flags}, 1u);  // PCAT_COMPAT
+  EXPECT_EQ(uint32_t{h.header.length}, 44u + 8u * cpus + 12u + 6u);
 
   int lapics = 0, ioapics = 0, overrides = 0, nmis = 0, others = 0;
   size_t off = sizeof(AcpiMadtHeader);
@@ -334,7 +336,7 @@ void check_madt(int cpus) {
         auto e = read_at<MadtLocalApic>(t.madt, off);
         EXPECT_EQ(e.processor_uid, lapics);
         EXPECT_EQ(e.apic_id, lapics);
-        EXPECT_EQ(e.flags, 1u);  // enabled
+        EXPECT_EQ(uint32_t{e.flags}, 1u);  // enabled
         ++lapics;
         break;
       }
@@ -342,8 +344,8 @@ void check_madt(int cpus) {
         ASSERT_EQ(len, 12);
         auto e = read_at<MadtIoApic>(t.madt, off);
         EXPECT_EQ(e.io_apic_id, cpus);
-        EXPECT_EQ(e.address, layout::kIoapicAddr);
-        EXPECT_EQ(e.gsi_base, 0u);
+        EXPECT_EQ(uint32_t{e.address}, layout::kIoapicAddr);
+        EXPECT_EQ(uint32_t{e.gsi_base}, 0u);
         ++ioapics;
         break;
       }
@@ -354,7 +356,7 @@ void check_madt(int cpus) {
         ASSERT_EQ(len, 6);
         auto e = read_at<MadtLocalApicNmi>(t.madt, off);
         EXPECT_EQ(e.processor_uid, 0xff);
-        EXPECT_EQ(e.flags, 0);
+        EXPECT_EQ(uint16_t{e.flags}, 0);
         EXPECT_EQ(e.lint, 1);
         ++nmis;
         break;
@@ -424,7 +426,7 @@ TEST(Acpi, SetZeroPageRsdp) {
   ASSERT_TRUE(write_zero_page(mem, *kernel, 1, std::nullopt, build_e820(k128M)).ok());
   auto before = mem.read_obj<BootParams>(layout::kZeroPageAddr);
   ASSERT_TRUE(before.ok());
-  EXPECT_EQ(before->acpi_rsdp_addr, 0u);
+  EXPECT_EQ(uint64_t{before->acpi_rsdp_addr}, 0u);
 
   // Not an RSDP: refused.
   EXPECT_FALSE(set_zero_page_rsdp(mem, *rsdp + 16).ok());
@@ -433,7 +435,7 @@ TEST(Acpi, SetZeroPageRsdp) {
   ASSERT_TRUE(set_zero_page_rsdp(mem, *rsdp).ok());
   auto after = mem.read_obj<BootParams>(layout::kZeroPageAddr);
   ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->acpi_rsdp_addr, *rsdp);
+  EXPECT_EQ(uint64_t{after->acpi_rsdp_addr}, *rsdp);
   // Nothing else changed.
   BootParams expect = *before;
   expect.acpi_rsdp_addr = *rsdp;
@@ -450,13 +452,13 @@ TEST(Acpi, SetPvhRsdp) {
       write_pvh_start_info(mem, layout::kCmdlineAddr, std::nullopt, build_e820(k128M)).ok());
   auto before = mem.read_obj<HvmStartInfo>(layout::kPvhStartInfoAddr);
   ASSERT_TRUE(before.ok());
-  EXPECT_EQ(before->rsdp_paddr, 0u);
+  EXPECT_EQ(uint64_t{before->rsdp_paddr}, 0u);
   EXPECT_FALSE(set_pvh_rsdp(mem, 0).ok());  // no RSDP at 0
 
   ASSERT_TRUE(set_pvh_rsdp(mem, *rsdp).ok());
   auto after = mem.read_obj<HvmStartInfo>(layout::kPvhStartInfoAddr);
   ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->rsdp_paddr, *rsdp);
+  EXPECT_EQ(uint64_t{after->rsdp_paddr}, *rsdp);
   HvmStartInfo expect = *before;
   expect.rsdp_paddr = *rsdp;
   EXPECT_EQ(std::memcmp(&expect, &*after, sizeof(HvmStartInfo)), 0);

@@ -11,9 +11,10 @@ constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kGiB = 1ull << 30;
 
 void expect_entry(const E820Entry& e, uint64_t addr, uint64_t size, uint32_t type) {
-  EXPECT_EQ(e.addr, addr);
-  EXPECT_EQ(e.size, size);
-  EXPECT_EQ(e.type, type);
+  // E820Entry is packed: copy its fields before gtest binds them to references.
+  EXPECT_EQ(uint64_t{e.addr}, addr);
+  EXPECT_EQ(uint64_t{e.size}, size);
+  EXPECT_EQ(uint32_t{e.type}, type);
 }
 
 TEST(E820, ValidateMemSize) {

@@ -33,8 +33,9 @@ TEST(BzImage, LoadsGoodImage) {
   EXPECT_EQ(r->load_end, layout::kDefaultKernelAddr + 0x800000);  // init_size > payload
   EXPECT_FALSE(r->has_pvh);
   ASSERT_TRUE(r->setup_header.has_value());
-  EXPECT_EQ(r->setup_header->version, 0x020f);
-  EXPECT_EQ(r->setup_header->cmdline_size, 2047u);
+  // SetupHeader is packed: copy its fields before gtest binds them to references.
+  EXPECT_EQ(uint16_t{r->setup_header->version}, 0x020f);
+  EXPECT_EQ(uint32_t{r->setup_header->cmdline_size}, 2047u);
 
   std::vector<uint8_t> got(kBzPayloadSize);
   ASSERT_TRUE(mem.read(layout::kDefaultKernelAddr, got).ok());

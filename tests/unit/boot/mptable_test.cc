@@ -39,10 +39,12 @@ void check_table(int num_cpus) {
   ASSERT_TRUE(hdr.ok());
   EXPECT_EQ(std::string(hdr->signature, 4), "PCMP");
   EXPECT_EQ(hdr->spec_rev, 4);
-  EXPECT_EQ(hdr->lapic_addr, layout::kLapicAddr);
+  // The MP structures are packed: copy multi-byte fields to values before
+  // gtest binds them to references.
+  EXPECT_EQ(uint32_t{hdr->lapic_addr}, layout::kLapicAddr);
   const int expected_entries = num_cpus + 1 + 1 + 16 + 2;
-  EXPECT_EQ(hdr->entry_count, expected_entries);
-  EXPECT_EQ(hdr->length, 44 + 20 * num_cpus + 8 * (1 + 1 + 16 + 2));
+  EXPECT_EQ(uint16_t{hdr->entry_count}, expected_entries);
+  EXPECT_EQ(uint16_t{hdr->length}, 44 + 20 * num_cpus + 8 * (1 + 1 + 16 + 2));
   EXPECT_EQ(mptable_size(num_cpus), 16u + hdr->length);
   auto table = read_bytes(mem, mpf->physptr, hdr->length);
   EXPECT_EQ(byte_sum(table), 0);
@@ -77,7 +79,7 @@ void check_table(int num_cpus) {
         EXPECT_EQ(e.apic_id, num_cpus);
         EXPECT_EQ(e.apic_version, 0x11);
         EXPECT_EQ(e.flags, 1);
-        EXPECT_EQ(e.addr, layout::kIoapicAddr);
+        EXPECT_EQ(uint32_t{e.addr}, layout::kIoapicAddr);
         ++ioapics;
         off += sizeof(e);
         break;

@@ -30,29 +30,31 @@ TEST(ZeroPage, BzImageFields) {
   ASSERT_TRUE(write_cmdline(mem, "console=ttyS0", max_cmdline_len(*kernel)).ok());
   ASSERT_TRUE(write_zero_page(mem, *kernel, 14, *placed, e820).ok());
 
+  // BootParams and its members are packed: gtest takes its arguments by
+  // reference, so multi-byte fields are copied to values first.
   BootParams bp = read_zero_page(mem);
-  EXPECT_EQ(bp.hdr.boot_flag, kBootFlagMagic);
-  EXPECT_EQ(bp.hdr.header, kHdrSMagic);
-  EXPECT_EQ(bp.hdr.version, 0x020f);
+  EXPECT_EQ(uint16_t{bp.hdr.boot_flag}, kBootFlagMagic);
+  EXPECT_EQ(uint32_t{bp.hdr.header}, kHdrSMagic);
+  EXPECT_EQ(uint16_t{bp.hdr.version}, 0x020f);
   EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
   EXPECT_EQ(bp.hdr.loadflags & (kCanUseHeap | kLoadedHigh), kCanUseHeap | kLoadedHigh);
-  EXPECT_EQ(bp.hdr.heap_end_ptr, kHeapEndPtr);
-  EXPECT_EQ(bp.hdr.cmd_line_ptr, layout::kCmdlineAddr);
-  EXPECT_EQ(bp.ext_cmd_line_ptr, 0u);
-  EXPECT_EQ(bp.hdr.cmdline_size, 2047u);  // the kernel's own limit is kept
-  EXPECT_EQ(bp.hdr.setup_data, 0u);      // the file's value is not passed on
-  EXPECT_EQ(bp.hdr.ramdisk_image, placed->addr);
-  EXPECT_EQ(bp.hdr.ramdisk_size, 0x5000u);
-  EXPECT_EQ(bp.ext_ramdisk_image, 0u);
-  EXPECT_EQ(bp.ext_ramdisk_size, 0u);
-  EXPECT_EQ(bp.acpi_rsdp_addr, 0u);
+  EXPECT_EQ(uint16_t{bp.hdr.heap_end_ptr}, kHeapEndPtr);
+  EXPECT_EQ(uint32_t{bp.hdr.cmd_line_ptr}, layout::kCmdlineAddr);
+  EXPECT_EQ(uint32_t{bp.ext_cmd_line_ptr}, 0u);
+  EXPECT_EQ(uint32_t{bp.hdr.cmdline_size}, 2047u);  // the kernel's own limit is kept
+  EXPECT_EQ(uint64_t{bp.hdr.setup_data}, 0u);      // the file's value is not passed on
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_image}, placed->addr);
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_size}, 0x5000u);
+  EXPECT_EQ(uint32_t{bp.ext_ramdisk_image}, 0u);
+  EXPECT_EQ(uint32_t{bp.ext_ramdisk_size}, 0u);
+  EXPECT_EQ(uint64_t{bp.acpi_rsdp_addr}, 0u);
   ASSERT_EQ(bp.e820_entries, 3);
   for (size_t i = 0; i < e820.size(); ++i) {
-    EXPECT_EQ(bp.e820_table[i].addr, e820[i].addr);
-    EXPECT_EQ(bp.e820_table[i].size, e820[i].size);
-    EXPECT_EQ(bp.e820_table[i].type, e820[i].type);
+    EXPECT_EQ(uint64_t{bp.e820_table[i].addr}, uint64_t{e820[i].addr});
+    EXPECT_EQ(uint64_t{bp.e820_table[i].size}, uint64_t{e820[i].size});
+    EXPECT_EQ(uint32_t{bp.e820_table[i].type}, uint32_t{e820[i].type});
   }
-  EXPECT_EQ(bp.e820_table[3].size, 0u);
+  EXPECT_EQ(uint64_t{bp.e820_table[3].size}, 0u);
 
   // Raw offsets, independent of the struct definition.
   std::array<uint8_t, 4096> raw{};
@@ -79,14 +81,14 @@ TEST(ZeroPage, ElfKernelGetsSyntheticHeader) {
   ASSERT_TRUE(kernel.ok()) << kernel.error().to_string();
   ASSERT_TRUE(write_zero_page(mem, *kernel, 20, std::nullopt, build_e820(k512M)).ok());
   BootParams bp = read_zero_page(mem);
-  EXPECT_EQ(bp.hdr.boot_flag, 0xaa55);
-  EXPECT_EQ(bp.hdr.header, 0x53726448u);
-  EXPECT_EQ(bp.hdr.kernel_alignment, 0x1000000u);
+  EXPECT_EQ(uint16_t{bp.hdr.boot_flag}, 0xaa55);
+  EXPECT_EQ(uint32_t{bp.hdr.header}, 0x53726448u);
+  EXPECT_EQ(uint32_t{bp.hdr.kernel_alignment}, 0x1000000u);
   EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
-  EXPECT_EQ(bp.hdr.cmd_line_ptr, layout::kCmdlineAddr);
-  EXPECT_EQ(bp.hdr.cmdline_size, 20u);
-  EXPECT_EQ(bp.hdr.ramdisk_image, 0u);
-  EXPECT_EQ(bp.hdr.ramdisk_size, 0u);
+  EXPECT_EQ(uint32_t{bp.hdr.cmd_line_ptr}, layout::kCmdlineAddr);
+  EXPECT_EQ(uint32_t{bp.hdr.cmdline_size}, 20u);
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_image}, 0u);
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_size}, 0u);
   EXPECT_EQ(bp.e820_entries, 3);
 }
 
@@ -108,10 +110,10 @@ TEST(ZeroPage, HighInitrdFieldsSplit) {
   InitrdPlacement fake{0x123456789000ull, 0x100000000ull + 0x2000};
   ASSERT_TRUE(write_zero_page(mem, *kernel, 1, fake, build_e820(k512M)).ok());
   BootParams bp = read_zero_page(mem);
-  EXPECT_EQ(bp.hdr.ramdisk_image, 0x56789000u);
-  EXPECT_EQ(bp.ext_ramdisk_image, 0x1234u);
-  EXPECT_EQ(bp.hdr.ramdisk_size, 0x2000u);
-  EXPECT_EQ(bp.ext_ramdisk_size, 1u);
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_image}, 0x56789000u);
+  EXPECT_EQ(uint32_t{bp.ext_ramdisk_image}, 0x1234u);
+  EXPECT_EQ(uint32_t{bp.hdr.ramdisk_size}, 0x2000u);
+  EXPECT_EQ(uint32_t{bp.ext_ramdisk_size}, 1u);
 }
 
 // ------------------------------------------------------------------ initrd --
@@ -192,26 +194,27 @@ TEST(Pvh, StartInfoLayout) {
   ASSERT_TRUE(write_pvh_start_info(mem, layout::kCmdlineAddr, initrd, e820).ok());
   auto si = mem.read_obj<HvmStartInfo>(layout::kPvhStartInfoAddr);
   ASSERT_TRUE(si.ok());
-  EXPECT_EQ(si->magic, 0x336ec578u);
-  EXPECT_EQ(si->version, 1u);
-  EXPECT_EQ(si->flags, 0u);
-  EXPECT_EQ(si->cmdline_paddr, layout::kCmdlineAddr);
-  EXPECT_EQ(si->rsdp_paddr, 0u);
-  ASSERT_EQ(si->nr_modules, 1u);
-  ASSERT_EQ(si->memmap_entries, e820.size());
-  EXPECT_GE(si->modlist_paddr, layout::kPvhStartInfoAddr + sizeof(HvmStartInfo));
+  // HvmStartInfo and the entries after it are packed: copy fields to values.
+  EXPECT_EQ(uint32_t{si->magic}, 0x336ec578u);
+  EXPECT_EQ(uint32_t{si->version}, 1u);
+  EXPECT_EQ(uint32_t{si->flags}, 0u);
+  EXPECT_EQ(uint64_t{si->cmdline_paddr}, layout::kCmdlineAddr);
+  EXPECT_EQ(uint64_t{si->rsdp_paddr}, 0u);
+  ASSERT_EQ(uint32_t{si->nr_modules}, 1u);
+  ASSERT_EQ(uint32_t{si->memmap_entries}, e820.size());
+  EXPECT_GE(uint64_t{si->modlist_paddr}, layout::kPvhStartInfoAddr + sizeof(HvmStartInfo));
   EXPECT_LE(si->memmap_paddr + e820.size() * sizeof(HvmMemmapEntry), layout::kZeroPageAddr);
   auto mod = mem.read_obj<HvmModlistEntry>(si->modlist_paddr);
   ASSERT_TRUE(mod.ok());
-  EXPECT_EQ(mod->paddr, 0x8000000u);
-  EXPECT_EQ(mod->size, 0x1234u);
+  EXPECT_EQ(uint64_t{mod->paddr}, 0x8000000u);
+  EXPECT_EQ(uint64_t{mod->size}, 0x1234u);
   for (size_t i = 0; i < e820.size(); ++i) {
     auto m = mem.read_obj<HvmMemmapEntry>(si->memmap_paddr + i * sizeof(HvmMemmapEntry));
     ASSERT_TRUE(m.ok());
-    EXPECT_EQ(m->addr, e820[i].addr);
-    EXPECT_EQ(m->size, e820[i].size);
-    EXPECT_EQ(m->type, e820[i].type);
-    EXPECT_EQ(m->reserved, 0u);
+    EXPECT_EQ(uint64_t{m->addr}, uint64_t{e820[i].addr});
+    EXPECT_EQ(uint64_t{m->size}, uint64_t{e820[i].size});
+    EXPECT_EQ(uint32_t{m->type}, uint32_t{e820[i].type});
+    EXPECT_EQ(uint32_t{m->reserved}, 0u);
   }
 }
 
@@ -221,8 +224,8 @@ TEST(Pvh, NoInitrdAndTooManyEntries) {
                                    build_e820(64ull << 20)).ok());
   auto si = mem.read_obj<HvmStartInfo>(layout::kPvhStartInfoAddr);
   ASSERT_TRUE(si.ok());
-  EXPECT_EQ(si->nr_modules, 0u);
-  EXPECT_EQ(si->modlist_paddr, 0u);
+  EXPECT_EQ(uint32_t{si->nr_modules}, 0u);
+  EXPECT_EQ(uint64_t{si->modlist_paddr}, 0u);
   std::vector<E820Entry> big(200, E820Entry{0, 0x1000, kE820Ram});
   EXPECT_FALSE(write_pvh_start_info(mem, layout::kCmdlineAddr, std::nullopt, big).ok());
   EXPECT_FALSE(write_pvh_start_info(mem, layout::kCmdlineAddr, std::nullopt, {}).ok());
