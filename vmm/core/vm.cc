@@ -451,10 +451,14 @@ ExitStatus Vm::run() {
   {
     std::unique_lock lk(stop_mu_);
     while (!stop_) {
-      auto wake = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+      // Sleep until a stop request, or the next sample or panic deadline.
+      auto wake = std::chrono::steady_clock::time_point::max();
       if (cfg_.sample_rip_ms) wake = std::min(wake, next_sample);
       if (panic_deadline_) wake = std::min(wake, *panic_deadline_);
-      stop_cv_.wait_until(lk, wake);
+      if (wake == std::chrono::steady_clock::time_point::max())
+        stop_cv_.wait(lk);
+      else
+        stop_cv_.wait_until(lk, wake);
       if (stop_) break;
       auto now = std::chrono::steady_clock::now();
       if (panic_deadline_ && now >= *panic_deadline_) {
