@@ -113,39 +113,29 @@ def pio_mmio_roundtrip(a):
 @test
 def exit_codes(a):
     for code in (0, 1, 42, 200):
-        g = boot(a)
-        try:
-            g.send(f"exit {code}")
-            rc = g.wait()
-            check(rc == code, f"guest exit {code} gave vmm exit code {rc}", g)
-            check(f"guest requested exit with code {code}" in g.err.decode(),
-                  "exit reason not logged", g)
-        finally:
-            g.kill()
+        expect_exit(a, f"exit {code}", code, f"guest requested exit with code {code}")
+
+
+def expect_exit(a, command, want_rc, want_reason):
+    """Boots, sends one command, and checks the vmm's exit code and logged reason."""
+    g = boot(a)
+    try:
+        g.send(command)
+        rc = g.wait()
+        check(rc == want_rc, f"{command!r} gave exit code {rc}, want {want_rc}", g)
+        check(want_reason in g.err.decode(), f"{command!r}: reason {want_reason!r} not logged", g)
+    finally:
+        g.kill()
 
 
 @test
 def reset(a):
-    g = boot(a)
-    try:
-        g.send("reset")
-        rc = g.wait()
-        check(rc == 0, f"reset gave exit code {rc}", g)
-        check("guest reset (i8042)" in g.err.decode(), "reset reason not logged", g)
-    finally:
-        g.kill()
+    expect_exit(a, "reset", 0, "guest reset (i8042)")
 
 
 @test
 def triple_fault(a):
-    g = boot(a)
-    try:
-        g.send("triple")
-        rc = g.wait()
-        check(rc == 3, f"triple fault gave exit code {rc}", g)
-        check("triple fault" in g.err.decode(), "triple fault reason not logged", g)
-    finally:
-        g.kill()
+    expect_exit(a, "triple", 3, "triple fault")
 
 
 @test
