@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (fuzz/) with clang and runs each for a while.
+# Builds the libFuzzer targets (tests/fuzz/) with clang and runs each for a while.
 #
 #   tools/run-fuzz.sh [SECONDS]      SECONDS per target, default 20
 #
@@ -12,7 +12,7 @@
 #   FUZZ_WORKDIR  where the corpus copies, logs and crash inputs go (default: a
 #                 new mktemp -d directory; removed on success unless FUZZ_KEEP=1)
 #
-# Each target fuzzes a COPY of fuzz/corpus/<target>/ (the repository is never
+# Each target fuzzes a COPY of tests/fuzz/corpus/<target>/ (the repository is never
 # written), with -max_total_time=SECONDS -rss_limit_mb=2048 -timeout=25, and
 # UBSan made fatal (halt_on_error). Exits non-zero if any target crashed,
 # leaked, timed out or ran out of memory, after printing the crash input path
@@ -58,14 +58,14 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 failed=()
 summary=()
 for t in $targets; do
-  bin="$build/fuzz/$t"
+  bin="$build/tests/fuzz/$t"
   corpus="$work/corpus/$t"
   art="$work/artifacts/$t"
   log="$work/$t.log"
   rm -rf "$corpus" "$art"
   mkdir -p "$corpus" "$art"
-  if [[ -d $root/fuzz/corpus/$t ]]; then
-    cp -R "$root/fuzz/corpus/$t/." "$corpus/"
+  if [[ -d $root/tests/fuzz/corpus/$t ]]; then
+    cp -R "$root/tests/fuzz/corpus/$t/." "$corpus/"
   fi
   seeds=$(find "$corpus" -type f | wc -l)
   echo "== $t: ${secs}s on a copy of $seeds seed(s) -> $corpus"

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_check.h"
 #include "boot/x86_64/boot_params.h"
 #include "boot/x86_64/e820.h"
 #include "boot/x86_64/kernel_loader.h"

@@ -28,7 +28,7 @@
 #include <span>
 #include <vector>
 
-#include "fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_check.h"
 #include "boot/x86_64/layout.h"
 #include "devices/bus.h"
 #include "devices/legacy/boot_probe.h"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerates the hand-made seed corpus under fuzz/corpus/<target>/.
+"""Regenerates the hand-made seed corpus under tests/fuzz/corpus/<target>/.
 
 Every seed is built here from the format specifications (ELF64, the Linux x86
 boot protocol, the 16550 register map, System.map), not copied from anywhere.
-Run from anywhere: python3 fuzz/corpus/make_seeds.py
+Run from anywhere: python3 tests/fuzz/corpus/make_seeds.py
 """
 import os
 import struct

@@ -15,7 +15,7 @@
 #include <string>
 #include <string_view>
 
-#include "fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_check.h"
 #include "vmm/core/console.h"
 #include "vmm/core/symbols.h"
 
