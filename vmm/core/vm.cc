@@ -133,13 +133,12 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
     VMM_TRY(auto data, boot::read_file(cfg.initrd, std::min(kMaxInitrdSize, cfg.mem_bytes)));
     initrd = std::move(data);
   }
-  // A garbled kernel is refused here too: parse it into scratch memory first.
-  {
-    VMM_TRY(auto scratch, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
-    auto info = boot::load_kernel(scratch, kernel);
-    if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
-  }
-  VmInputs in{std::move(kernel), std::move(initrd), std::nullopt};
+  // A garbled kernel is refused here too: it is loaded now, into the guest
+  // memory the VM will map, so it is parsed and copied once.
+  VMM_TRY(auto mem, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
+  auto info = boot::load_kernel(mem, kernel);
+  if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
+  VmInputs in{std::move(mem), std::move(info).value(), std::move(initrd), std::nullopt};
   if (!cfg.system_map.empty()) {
     VMM_TRY(auto m, SymbolMap::load(cfg.system_map));
     in.symbols = std::move(m);
@@ -163,7 +162,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
   VMM_CHECK(vmfd.create_irqchip());
   VMM_CHECK(vmfd.create_pit2());
 
-  VMM_TRY(auto mem, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
+  GuestMemory mem = std::move(in.mem);
   uint32_t slot = 0;
   for (const auto& r : mem.regions())
     VMM_CHECK(vmfd.set_user_memory_region(slot++, r.start, r.size(), r.host()));
@@ -236,9 +235,7 @@ Result<void> Vm::setup_devices() {
   return ok();
 }
 
-Result<void> Vm::load_guest(const std::vector<uint8_t>& kernel,
-                            const std::vector<uint8_t>& initrd) {
-  VMM_TRY(auto info, boot::load_kernel(mem_, kernel));
+Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint8_t>& initrd) {
 
   bool pvh = false;
   if (cfg_.boot_protocol == "pvh") {

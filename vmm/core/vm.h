@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "boot/x86_64/kernel_loader.h"
 #include "devices/bus.h"
 #include "vmm/core/config.h"
 #include "vmm/core/console.h"
@@ -43,9 +44,11 @@ struct ExitStatus {
   std::string reason;
 };
 
-// The user's files, read and checked (kernel parsed) before any VM exists.
+// The user's files, read and checked before any VM exists. The kernel is
+// already loaded into the guest memory the VM will map.
 struct VmInputs {
-  std::vector<uint8_t> kernel;
+  GuestMemory mem;
+  boot::KernelInfo kernel;
   std::vector<uint8_t> initrd;
   std::optional<SymbolMap> symbols;
 };
@@ -81,7 +84,9 @@ class Vm {
 
   Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem);
   Result<void> setup_devices();
-  Result<void> load_guest(const std::vector<uint8_t>& kernel, const std::vector<uint8_t>& initrd);
+  // Everything after the kernel image: command line, initrd, firmware tables,
+  // boot parameters and the boot CPU's entry state.
+  Result<void> load_guest(const boot::KernelInfo& kernel, const std::vector<uint8_t>& initrd);
   Result<void> setup_vcpu(Vcpu& v, bool boot_cpu);
   void vcpu_loop(Vcpu& v);
   // Returns false when the vCPU must stop.
