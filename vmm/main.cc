@@ -28,6 +28,7 @@ EXIT STATUS
 EXAMPLES
   vmm --kernel bzImage --initrd initrd.img --mem 512M
   vmm --kernel vmlinux --initrd initrd.cpio --cpus 2 --serial file:console.log
+  vmm --kernel vmlinux --initrd initrd.cpio --disk path=rootfs.ext4 --net tap=tap0 --rng
 )";
 
 }  // namespace
@@ -62,6 +63,13 @@ int main(int argc, char** argv) {
                  "On hosts that interpret guest kernel code: make guest time run N times "
                  "slower than real time, so timer interrupts arrive N times less often "
                  "(default 1 = off; see docs/linux-boot.md)");
+  std::vector<std::string> disks, nets;
+  app.add_option("--disk", disks,
+                 "virtio-blk disk: path=FILE[,readonly=on][,id=ID] (raw image or block "
+                 "device; repeatable)");
+  app.add_option("--net", nets,
+                 "virtio-net over a TAP: tap=NAME[,mac=52:54:00:12:34:56] (repeatable)");
+  app.add_flag("--rng", cfg.rng, "virtio-rng fed from the host's /dev/urandom");
   app.add_option("--log-level", cfg.log_level,
                  "trace | debug | info | warn | error | off (default info)");
   app.add_option("--debug-sample-rip", cfg.sample_rip_ms,
@@ -87,6 +95,22 @@ int main(int argc, char** argv) {
   if (auto r = vmm::parse_serial(serial, cfg); !r.ok()) {
     spdlog::error("{}", r.error().to_string());
     return vmm::kExitUsage;
+  }
+  for (const auto& d : disks) {
+    auto r = vmm::parse_disk(d);
+    if (!r.ok()) {
+      spdlog::error("{}", r.error().to_string());
+      return vmm::kExitUsage;
+    }
+    cfg.disks.push_back(std::move(r).value());
+  }
+  for (const auto& n : nets) {
+    auto r = vmm::parse_net(n);
+    if (!r.ok()) {
+      spdlog::error("{}", r.error().to_string());
+      return vmm::kExitUsage;
+    }
+    cfg.nets.push_back(std::move(r).value());
   }
   if (mitigation == "auto") cfg.cpuid_mitigation = vmm::CpuidMitigation::kAuto;
   else if (mitigation == "on") cfg.cpuid_mitigation = vmm::CpuidMitigation::kOn;

@@ -32,6 +32,12 @@ inline constexpr uint64_t kMmioGapEnd = 0x100000000;   // 4 GiB
 inline constexpr uint64_t kBootProbeMmioAddr = 0xd0000000;  // boot probe, MMIO window (8 bytes)
 inline constexpr uint64_t kVirtioMmioBase = 0xd0001000;     // virtio-mmio devices, 4 KiB apart
 inline constexpr uint64_t kVirtioMmioSize = 0x1000;
+// virtio-mmio device n gets kVirtioIrqs[n]: ISA IRQs no other device of ours
+// uses (0 PIT, 1 keyboard, 2 cascade, 3 COM2, 4 COM1, 8 RTC, 12 PS/2 mouse,
+// 13 FPU stay free), so kernels configure them edge-triggered/active-high
+// from the MP table or ACPI defaults without an override (irqfd is an edge).
+inline constexpr uint32_t kVirtioIrqs[] = {5, 6, 7, 9, 10, 11, 14, 15};
+inline constexpr size_t kMaxVirtioDevices = sizeof(kVirtioIrqs) / sizeof(kVirtioIrqs[0]);
 inline constexpr uint64_t kIoapicAddr = 0xfec00000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 inline constexpr uint64_t kKvmIdentityMapAddr = 0xfffbc000;  // KVM_SET_IDENTITY_MAP_ADDR (1 page)

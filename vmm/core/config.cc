@@ -44,4 +44,79 @@ Result<void> parse_serial(const std::string& text, VmConfig& cfg) {
   return ok();
 }
 
+namespace {
+
+// "k=v,k=v" -> pairs; a first item without '=' is returned under `bare_key`.
+Result<std::vector<std::pair<std::string, std::string>>> split_options(const std::string& text,
+                                                                       const char* bare_key) {
+  std::vector<std::pair<std::string, std::string>> out;
+  size_t pos = 0;
+  bool first = true;
+  while (pos <= text.size()) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    std::string item = text.substr(pos, comma - pos);
+    size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      if (!first || item.empty()) return make_error("'{}': expected key=value", item);
+      out.emplace_back(bare_key, item);
+    } else {
+      out.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+    }
+    first = false;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+Result<bool> parse_on_off(const std::string& key, const std::string& v) {
+  if (v == "on" || v == "true" || v == "1") return true;
+  if (v == "off" || v == "false" || v == "0") return false;
+  return make_error("{}={}: expected on or off", key, v);
+}
+
+}  // namespace
+
+Result<virtio::BlockConfig> parse_disk(const std::string& text) {
+  virtio::BlockConfig cfg;
+  auto items = split_options(text, "path");
+  if (!items.ok()) return make_error("--disk '{}': {}", text, items.error().to_string());
+  for (const auto& [k, v] : *items) {
+    if (k == "path") {
+      cfg.path = v;
+    } else if (k == "readonly" || k == "ro") {
+      auto b = parse_on_off(k, v);
+      if (!b.ok()) return make_error("--disk '{}': {}", text, b.error().to_string());
+      cfg.readonly = *b;
+    } else if (k == "id") {
+      if (v.size() > virtio::kBlkIdBytes)
+        return make_error("--disk '{}': id is longer than {} bytes", text, virtio::kBlkIdBytes);
+      cfg.id = v;
+    } else {
+      return make_error("--disk '{}': unknown option '{}' (path, readonly, id)", text, k);
+    }
+  }
+  if (cfg.path.empty()) return make_error("--disk '{}': no path=", text);
+  return cfg;
+}
+
+Result<virtio::NetConfig> parse_net(const std::string& text) {
+  virtio::NetConfig cfg;
+  auto items = split_options(text, "tap");
+  if (!items.ok()) return make_error("--net '{}': {}", text, items.error().to_string());
+  for (const auto& [k, v] : *items) {
+    if (k == "tap") {
+      cfg.tap = v;
+    } else if (k == "mac") {
+      auto m = virtio::parse_mac(v);
+      if (!m.ok()) return make_error("--net '{}': {}", text, m.error().to_string());
+      cfg.mac = *m;
+    } else {
+      return make_error("--net '{}': unknown option '{}' (tap, mac)", text, k);
+    }
+  }
+  if (cfg.tap.empty()) return make_error("--net '{}': no tap=", text);
+  return cfg;
+}
+
 }  // namespace vmm

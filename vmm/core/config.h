@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
+
+#include "devices/virtio/block.h"
+#include "devices/virtio/net.h"
 
 #include "vmm/base/result.h"
 
@@ -30,6 +34,10 @@ struct VmConfig {
   uint32_t sample_rip_ms = 0;         // 0: off
   std::string system_map;             // for symbolizing rip samples
   std::string kvm_device = "/dev/kvm";
+  // virtio-mmio devices, in slot order: disks, then nets, then the rng.
+  std::vector<virtio::BlockConfig> disks;
+  std::vector<virtio::NetConfig> nets;
+  bool rng = false;
 };
 
 // "512M", "2G", "1048576", "64K": bytes. Refuses garbage and overflow.
@@ -37,6 +45,11 @@ Result<uint64_t> parse_size(const std::string& text);
 
 // "stdio", "file:PATH", "none".
 Result<void> parse_serial(const std::string& text, VmConfig& cfg);
+
+// --disk "path=FILE[,readonly=on|off][,id=ID]" (or just "FILE").
+Result<virtio::BlockConfig> parse_disk(const std::string& text);
+// --net "tap=NAME[,mac=aa:bb:cc:dd:ee:ff]".
+Result<virtio::NetConfig> parse_net(const std::string& text);
 
 // The default kernel command line when the user gives none.
 inline constexpr const char* kDefaultCmdline =

@@ -20,6 +20,10 @@
 #include "devices/legacy/boot_probe.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial.h"
+#include "devices/virtio/block.h"
+#include "devices/virtio/net.h"
+#include "devices/virtio/rng.h"
+#include "vmm/base/event_loop.h"
 #include "vmm/base/log.h"
 #include "vmm/core/cpuid_probe.h"
 #include "vmm/core/emulation_fallback.h"
@@ -54,6 +58,38 @@ class KvmIrqLine : public IrqLine {
  private:
   VmFd& vm_;
   uint32_t irq_;
+};
+
+// An edge-triggered line through KVM_IRQFD: a rising level writes the eventfd
+// (KVM asserts and deasserts the GSI without a trip through user space).
+// Falls back to KVM_IRQ_LINE pulses if the host has no irqfd.
+class IrqfdLine : public IrqLine {
+ public:
+  static std::shared_ptr<IrqfdLine> create(VmFd& vm, uint32_t gsi) {
+    auto line = std::shared_ptr<IrqfdLine>(new IrqfdLine(vm, gsi));
+    if (auto fd = make_eventfd(); fd.ok()) {
+      if (auto r = vm.irqfd(fd->get(), gsi); r.ok())
+        line->fd_ = std::move(*fd);
+      else
+        spdlog::warn("irq {}: {}; using KVM_IRQ_LINE", gsi, r.error().to_string());
+    }
+    return line;
+  }
+  void set_level(bool high) override {
+    if (!high) return;  // an edge: nothing to lower
+    if (fd_.valid()) {
+      signal_eventfd(fd_.get());
+    } else {
+      (void)vm_.irq_line(gsi_, true);
+      (void)vm_.irq_line(gsi_, false);
+    }
+  }
+
+ private:
+  IrqfdLine(VmFd& vm, uint32_t gsi) : vm_(vm), gsi_(gsi) {}
+  VmFd& vm_;
+  uint32_t gsi_;
+  UniqueFd fd_;
 };
 
 kvm_segment to_kvm(const boot::Segment& s) {
@@ -109,6 +145,8 @@ Vm::Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem)
 
 Vm::~Vm() {
   if (console_in_) console_in_->stop();
+  // Device workers write guest memory: stop them before it goes away.
+  for (auto& slot : virtio_) slot.device->reset();
 }
 
 double Vm::ms_since_start() const {
@@ -138,10 +176,26 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
   VMM_TRY(auto mem, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
   auto info = boot::load_kernel(mem, kernel);
   if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
-  VmInputs in{std::move(mem), std::move(info).value(), std::move(initrd), std::nullopt};
+  VmInputs in{std::move(mem), std::move(info).value(), std::move(initrd), std::nullopt, {}};
   if (!cfg.system_map.empty()) {
     VMM_TRY(auto m, SymbolMap::load(cfg.system_map));
     in.symbols = std::move(m);
+  }
+  size_t ndev = cfg.disks.size() + cfg.nets.size() + (cfg.rng ? 1 : 0);
+  if (ndev > layout::kMaxVirtioDevices)
+    return make_error("{} virtio devices requested; at most {} are supported", ndev,
+                      layout::kMaxVirtioDevices);
+  for (const auto& d : cfg.disks) {
+    VMM_TRY(auto dev, virtio::BlockDevice::create(d));
+    in.virtio_devices.push_back(std::move(dev));
+  }
+  for (const auto& n : cfg.nets) {
+    VMM_TRY(auto dev, virtio::NetDevice::create(n));
+    in.virtio_devices.push_back(std::move(dev));
+  }
+  if (cfg.rng) {
+    VMM_TRY(auto dev, virtio::RngDevice::create());
+    in.virtio_devices.push_back(std::move(dev));
   }
   return in;
 }
@@ -170,6 +224,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
   std::unique_ptr<Vm> vm(new Vm(cfg, std::move(kvm), std::move(vmfd), std::move(mem)));
   vm->symbols_ = std::move(in.symbols);
   VMM_CHECK(vm->setup_devices());
+  VMM_CHECK(vm->setup_virtio(std::move(in.virtio_devices)));
   VMM_CHECK(vm->load_guest(in.kernel, in.initrd));
   for (int i = 0; i < cfg.cpus; ++i) {
     VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
@@ -235,6 +290,35 @@ Result<void> Vm::setup_devices() {
   return ok();
 }
 
+Result<void> Vm::setup_virtio(std::vector<std::shared_ptr<virtio::WorkerDevice>> devices) {
+  for (size_t n = 0; n < devices.size(); ++n) {
+    auto dev = devices[n];
+    uint64_t base = layout::kVirtioMmioBase + n * layout::kVirtioMmioSize;
+    uint32_t irq = layout::kVirtioIrqs[n];
+    auto line = IrqfdLine::create(vm_, irq);
+    std::weak_ptr<virtio::WorkerDevice> weak = dev;
+    VMM_TRY(auto transport, virtio::MmioTransport::create(mem_, dev, line, [weak](uint32_t q) {
+              if (auto d = weak.lock()) d->notify_queue(q);
+            }));
+    // Queue notifications straight from KVM to the device's worker.
+    size_t with_ioeventfd = 0;
+    for (size_t q = 0; q < dev->num_queues(); ++q) {
+      auto r = vm_.ioeventfd_mmio(base + virtio::MmioTransport::kRegQueueNotify, 4,
+                                  dev->queue_eventfd(q), q);
+      if (r.ok()) ++with_ioeventfd;
+      else spdlog::warn("{}: {}; queue {} notifications exit to the VMM", dev->name(),
+                        r.error().to_string(), q);
+    }
+    std::string name = fmt::format("virtio{}", n);
+    VMM_CHECK(mmio_.insert(base, layout::kVirtioMmioSize, transport, name));
+    virtio_cmdline_ += fmt::format(" virtio_mmio.device=4K@{:#x}:{}", base, irq);
+    spdlog::info("{}: {} at {:#x} irq {} ({} of {} queues with ioeventfd)", name, dev->name(),
+                 base, irq, with_ioeventfd, dev->num_queues());
+    virtio_.push_back(VirtioSlot{dev, std::move(transport), base, irq});
+  }
+  return ok();
+}
+
 Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint8_t>& initrd) {
 
   bool pvh = false;
@@ -288,6 +372,7 @@ Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint
     }
   }
 
+  cmdline_ += virtio_cmdline_;
   VMM_CHECK(boot::write_cmdline(mem_, cmdline_, boot::max_cmdline_len(info)));
 
   std::optional<boot::InitrdPlacement> initrd_at;

@@ -18,6 +18,8 @@
 
 #include "boot/x86_64/kernel_loader.h"
 #include "devices/bus.h"
+#include "devices/virtio/mmio_transport.h"
+#include "devices/virtio/worker_device.h"
 #include "vmm/core/config.h"
 #include "vmm/core/console.h"
 #include "vmm/core/symbols.h"
@@ -51,6 +53,8 @@ struct VmInputs {
   boot::KernelInfo kernel;
   std::vector<uint8_t> initrd;
   std::optional<SymbolMap> symbols;
+  // virtio devices in slot order (backends already open: disks, TAPs).
+  std::vector<std::shared_ptr<virtio::WorkerDevice>> virtio_devices;
 };
 
 class Vm {
@@ -84,6 +88,7 @@ class Vm {
 
   Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem);
   Result<void> setup_devices();
+  Result<void> setup_virtio(std::vector<std::shared_ptr<virtio::WorkerDevice>> devices);
   // Everything after the kernel image: command line, initrd, firmware tables,
   // boot parameters and the boot CPU's entry state.
   Result<void> load_guest(const boot::KernelInfo& kernel, const std::vector<uint8_t>& initrd);
@@ -108,6 +113,14 @@ class Vm {
   std::shared_ptr<AcpiPm> acpi_pm_;
   std::unique_ptr<SerialOutput> serial_out_;
   std::unique_ptr<ConsoleInput> console_in_;
+  struct VirtioSlot {
+    std::shared_ptr<virtio::WorkerDevice> device;
+    std::shared_ptr<virtio::MmioTransport> transport;
+    uint64_t base = 0;
+    uint32_t irq = 0;
+  };
+  std::vector<VirtioSlot> virtio_;
+  std::string virtio_cmdline_;  // " virtio_mmio.device=..." for each slot
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::string cmdline_;
   // boot entry state is computed in load_guest and applied to vCPU 0

@@ -167,6 +167,23 @@ Result<void> VmFd::irq_line(uint32_t irq, bool level) {
   return ioctl_set(fd_.get(), KVM_IRQ_LINE, l, "KVM_IRQ_LINE");
 }
 
+Result<void> VmFd::irqfd(int fd, uint32_t gsi) {
+  kvm_irqfd r{};
+  r.fd = static_cast<uint32_t>(fd);
+  r.gsi = gsi;
+  return ioctl_set(fd_.get(), KVM_IRQFD, r, "KVM_IRQFD");
+}
+
+Result<void> VmFd::ioeventfd_mmio(uint64_t addr, uint32_t len, int fd, uint64_t datamatch) {
+  kvm_ioeventfd r{};
+  r.addr = addr;
+  r.len = len;
+  r.fd = fd;
+  r.datamatch = datamatch;
+  r.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+  return ioctl_set(fd_.get(), KVM_IOEVENTFD, r, "KVM_IOEVENTFD");
+}
+
 Result<VcpuFd> VmFd::create_vcpu(int id) {
   int fd = ::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
   if (fd < 0) return errno_error("KVM_CREATE_VCPU {}", id);

@@ -60,6 +60,11 @@ class VmFd {
   Result<void> create_irqchip();
   Result<void> create_pit2();
   Result<void> irq_line(uint32_t irq, bool level);
+  // Writes to eventfd `fd` assert then deassert GSI `gsi` (an edge).
+  Result<void> irqfd(int fd, uint32_t gsi);
+  // A guest MMIO write of `len` bytes equal to `datamatch` at `addr` signals
+  // eventfd `fd` inside KVM instead of exiting to user space.
+  Result<void> ioeventfd_mmio(uint64_t addr, uint32_t len, int fd, uint64_t datamatch);
   Result<VcpuFd> create_vcpu(int id);
 
  private:

@@ -1,0 +1,114 @@
+#include "devices/virtio/worker_device.h"
+
+#include <spdlog/spdlog.h>
+
+#include <utility>
+
+namespace vmm::virtio {
+
+void RateLimitedLog::warn(const std::string& msg) {
+  ++total_;
+  std::lock_guard lock(mu_);
+  auto now = std::chrono::steady_clock::now();
+  if (now - window_start_ >= period_) {
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= burst_) {
+    ++suppressed_;
+    return;
+  }
+  ++in_window_;
+  if (suppressed_ != 0) {
+    spdlog::warn("{} ({} similar messages suppressed)", msg, suppressed_);
+    suppressed_ = 0;
+  } else {
+    spdlog::warn("{}", msg);
+  }
+}
+
+WorkerDevice::WorkerDevice(std::string name, std::vector<uint16_t> queue_sizes)
+    : name_(std::move(name)), queue_sizes_(std::move(queue_sizes)) {}
+
+WorkerDevice::~WorkerDevice() {
+  // Subclasses must call reset() in their own destructor (on_reset is
+  // virtual); this is the last line of defence for the thread.
+  if (worker_.joinable()) {
+    loop_->stop();
+    worker_.join();
+  }
+}
+
+Result<void> WorkerDevice::init_events() {
+  queue_events_.clear();
+  for (size_t i = 0; i < queue_sizes_.size(); ++i) {
+    VMM_TRY(auto fd, make_eventfd());
+    queue_events_.push_back(std::move(fd));
+  }
+  return ok();
+}
+
+void WorkerDevice::notify_queue(uint32_t i) const {
+  if (i < queue_events_.size()) signal_eventfd(queue_events_[i].get());
+}
+
+Result<void> WorkerDevice::activate(const GuestMemory& mem, uint64_t acked_features,
+                                    std::vector<Queue> queues, InterruptFn interrupt) {
+  if (worker_.joinable()) return make_error("{}: already active", name_);
+  if (queues.size() != queue_sizes_.size() || queue_events_.size() != queue_sizes_.size())
+    return make_error("{}: expected {} queues, got {}", name_, queue_sizes_.size(), queues.size());
+  mem_ = &mem;
+  acked_features_ = acked_features;
+  queues_ = std::move(queues);
+  interrupt_ = std::move(interrupt);
+  broken_ = false;
+  VMM_TRY(loop_, EventLoop::create());
+  for (size_t i = 0; i < queue_events_.size(); ++i) {
+    int fd = queue_events_[i].get();
+    VMM_CHECK(loop_->add(fd, EPOLLIN, [this, fd, i](uint32_t) {
+      drain_eventfd(fd);
+      if (!broken_.load()) process_queue(i);
+    }));
+    // The driver may have made buffers available before DRIVER_OK without
+    // notifying: look at every queue once.
+    signal_eventfd(fd);
+  }
+  if (auto r = on_activate(*loop_); !r.ok()) {
+    loop_.reset();
+    queues_.clear();
+    return r;
+  }
+  active_ = true;
+  worker_ = std::thread([this] { worker_main(); });
+  return ok();
+}
+
+void WorkerDevice::worker_main() {
+  auto r = loop_->run();
+  if (!r.ok()) spdlog::error("{}: event loop failed: {}", name_, r.error().to_string());
+}
+
+void WorkerDevice::reset() {
+  if (worker_.joinable()) {
+    loop_->stop();
+    worker_.join();
+  }
+  if (active_.exchange(false)) on_reset();
+  loop_.reset();
+  queues_.clear();
+  interrupt_ = nullptr;
+  broken_ = false;
+  for (auto& fd : queue_events_) drain_eventfd(fd.get());
+}
+
+void WorkerDevice::signal_used(size_t i) {
+  if (queues_.at(i).needs_notification(*mem_) && interrupt_) interrupt_(Interrupt::kUsedBuffer);
+}
+
+void WorkerDevice::fail(size_t i, const Error& e) {
+  log_.warn(fmt::format("{}: queue {}: {}; device needs reset", name_, i, e.to_string()));
+  broken_ = true;
+  if (interrupt_) interrupt_(Interrupt::kNeedsReset);
+}
+
+}  // namespace vmm::virtio
