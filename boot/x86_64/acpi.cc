@@ -97,10 +97,10 @@ std::vector<uint8_t> build_fadt(uint64_t dsdt_addr) {
   return t;
 }
 
-std::vector<uint8_t> build_dsdt() {
+std::vector<uint8_t> build_dsdt(std::span<const AcpiMmioDevice> virtio) {
   std::vector<uint8_t> t;
   append_bytes(t, make_header("DSDT", kDsdtRevision));
-  auto body = aml::dsdt_body();
+  auto body = aml::dsdt_body(virtio);
   t.insert(t.end(), body.begin(), body.end());
   finish_table(t);
   return t;
@@ -263,6 +263,31 @@ Bytes serial_crs() {
   return pkg({kBufferOp}, body);
 }
 
+// String constant: StringPrefix, ASCII, NUL.
+Bytes string_const(std::string_view text) {
+  Bytes b{0x0d};
+  b.insert(b.end(), text.begin(), text.end());
+  b.push_back(0);
+  return b;
+}
+
+// Resource template of a virtio-mmio device: Memory32Fixed + IRQ + end tag.
+Bytes virtio_crs(const AcpiMmioDevice& d) {
+  Bytes rt;
+  // 32-bit Fixed Memory Range Descriptor (large, type 0x06, 9 data bytes):
+  // information (bit 0: read/write), base, length.
+  rt.insert(rt.end(), {0x86, 0x09, 0x00, 0x01});
+  for (int i = 0; i < 4; ++i) rt.push_back(static_cast<uint8_t>(d.base >> (8 * i)));
+  for (int i = 0; i < 4; ++i) rt.push_back(static_cast<uint8_t>(d.size >> (8 * i)));
+  const uint16_t mask = static_cast<uint16_t>(1u << d.irq);
+  rt.insert(rt.end(), {0x22, static_cast<uint8_t>(mask), static_cast<uint8_t>(mask >> 8)});
+  rt.insert(rt.end(), {0x79, 0x00});
+  Bytes body;
+  put_integer(body, static_cast<uint32_t>(rt.size()));
+  put(body, rt);
+  return pkg({kBufferOp}, body);
+}
+
 }  // namespace
 
 namespace aml {
@@ -283,7 +308,7 @@ std::vector<uint8_t> pkg_length(size_t body_len) {
   return {};  // too long for AML; callers never build such packages
 }
 
-std::vector<uint8_t> dsdt_body() {
+std::vector<uint8_t> dsdt_body(std::span<const AcpiMmioDevice> virtio) {
   Bytes aml;
   // Name (\_S5_, Package (0x04) { S5, S5, Zero, Zero }): SLP_TYPa, SLP_TYPb
   // (unused hardware-reduced: Linux writes only SLP_TYPa), two reserved.
@@ -304,16 +329,35 @@ std::vector<uint8_t> dsdt_body() {
   Bytes sb;
   put_nameseg(sb, "_SB_");
   put(sb, pkg({kExtOpPrefix, kDeviceOp}, dev));
+  // Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS, ...) }
+  for (size_t i = 0; i < virtio.size(); ++i) {
+    Bytes v;
+    char seg[5] = {'V', 'R', static_cast<char>('0' + i / 10), static_cast<char>('0' + i % 10), 0};
+    put_nameseg(v, seg);
+    put(v, name("_HID", string_const("LNRO0005")));
+    Bytes uid;
+    put_integer(uid, static_cast<uint32_t>(i));
+    put(v, name("_UID", uid));
+    put(v, name("_CRS", virtio_crs(virtio[i])));
+    put(sb, pkg({kExtOpPrefix, kDeviceOp}, v));
+  }
   put(aml, pkg({kScopeOp}, sb));
   return aml;
 }
 
 }  // namespace aml
 
-Result<uint64_t> write_acpi_tables(const GuestMemory& mem, int num_cpus) {
+Result<uint64_t> write_acpi_tables(const GuestMemory& mem, int num_cpus,
+                                   std::span<const AcpiMmioDevice> virtio) {
   if (num_cpus < 1 || num_cpus > kAcpiMaxCpus)
     return make_error("ACPI tables: {} vCPUs is outside the supported range 1..{}", num_cpus,
                       kAcpiMaxCpus);
+  if (virtio.size() > 100) return make_error("ACPI tables: {} virtio devices (max 100)", virtio.size());
+  for (const auto& d : virtio) {
+    if (d.irq >= 16 || d.size == 0 || d.base + d.size > (uint64_t{1} << 32))
+      return make_error("ACPI tables: virtio device at {:#x} (+{:#x}, irq {}) cannot be described",
+                        d.base, d.size, d.irq);
+  }
 
   // Layout: RSDP, XSDT, FADT, DSDT, MADT, each 16-byte aligned.
   const uint64_t base = layout::kAcpiTablesAddr;
@@ -321,7 +365,7 @@ Result<uint64_t> write_acpi_tables(const GuestMemory& mem, int num_cpus) {
   const uint64_t xsdt_size = sizeof(AcpiTableHeader) + 2 * sizeof(uint64_t);
   const uint64_t fadt_off = align_up16(xsdt_off + xsdt_size);
   const uint64_t dsdt_off = align_up16(fadt_off + sizeof(AcpiFadt));
-  auto dsdt = build_dsdt();
+  auto dsdt = build_dsdt(virtio);
   const uint64_t madt_off = align_up16(dsdt_off + dsdt.size());
   auto madt = build_madt(num_cpus);
   auto fadt = build_fadt(base + dsdt_off);

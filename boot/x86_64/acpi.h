@@ -33,6 +33,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "vmm/base/result.h"
@@ -237,10 +238,22 @@ struct __attribute__((packed)) MadtLocalApicNmi {
 };
 static_assert(sizeof(MadtLocalApicNmi) == 6);
 
+// A virtio-mmio device for the DSDT: \_SB_.VRnn with _HID "LNRO0005" (the ID
+// Linux's virtio_mmio driver matches), _UID n, and _CRS = one 32-bit fixed
+// memory range + one ISA IRQ (edge, active high). Kernels without
+// VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) find the devices only this way.
+struct AcpiMmioDevice {
+  uint64_t base;  // below 4 GiB
+  uint32_t size;
+  uint32_t irq;   // < 16
+};
+
 // Writes RSDP, XSDT, FADT, DSDT and MADT at layout::kAcpiTablesAddr and returns
 // the RSDP's address (kAcpiTablesAddr). Refuses num_cpus outside
-// 1..kAcpiMaxCpus and tables that would not fit in kAcpiTablesMaxSize bytes.
-Result<uint64_t> write_acpi_tables(const GuestMemory& mem, int num_cpus);
+// 1..kAcpiMaxCpus, more than 100 or malformed virtio devices, and tables that
+// would not fit in kAcpiTablesMaxSize bytes.
+Result<uint64_t> write_acpi_tables(const GuestMemory& mem, int num_cpus,
+                                   std::span<const AcpiMmioDevice> virtio = {});
 
 // Patch the RSDP address into the already-written zero page (at
 // layout::kZeroPageAddr) or PVH start info (at layout::kPvhStartInfoAddr).
@@ -258,7 +271,7 @@ namespace aml {
 std::vector<uint8_t> pkg_length(size_t body_len);
 
 // The DSDT's AML body (everything after the table header).
-std::vector<uint8_t> dsdt_body();
+std::vector<uint8_t> dsdt_body(std::span<const AcpiMmioDevice> virtio = {});
 
 }  // namespace aml
 

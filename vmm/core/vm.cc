@@ -387,7 +387,10 @@ Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint
   VMM_CHECK(boot::write_mptable(mem_, cfg_.cpus));
   uint64_t rsdp = 0;
   if (cfg_.acpi) {
-    VMM_TRY(auto addr, boot::write_acpi_tables(mem_, cfg_.cpus));
+    std::vector<boot::AcpiMmioDevice> acpi_virtio;
+    for (const auto& slot : virtio_)
+      acpi_virtio.push_back({slot.base, static_cast<uint32_t>(layout::kVirtioMmioSize), slot.irq});
+    VMM_TRY(auto addr, boot::write_acpi_tables(mem_, cfg_.cpus, acpi_virtio));
     rsdp = addr;
   }
   VMM_CHECK(boot::write_identity_page_tables(mem_));

@@ -287,6 +287,41 @@ TEST(Acpi, DsdtAmlExactBytes) {
   EXPECT_EQ(body, kExpectedDsdtAml);
 }
 
+// Cross-checked against iasl 20200925 compiling (inside Scope (\_SB)):
+//   Device (VR00) { Name (_HID, "LNRO0005") Name (_UID, 0)
+//     Name (_CRS, ResourceTemplate () {
+//       Memory32Fixed (ReadWrite, 0xD0001000, 0x1000) IRQNoFlags () {5} }) }
+const std::vector<uint8_t> kExpectedVirtioDeviceAml = {
+    0x5b, 0x82, 0x34, 0x56, 0x52, 0x30, 0x30, 0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x4c,
+    0x4e, 0x52, 0x4f, 0x30, 0x30, 0x30, 0x35, 0x00, 0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,
+    0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x14, 0x0a, 0x11, 0x86, 0x09, 0x00, 0x01, 0x00,
+    0x10, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00, 0x22, 0x20, 0x00, 0x79, 0x00};
+
+TEST(Acpi, DsdtDescribesVirtioMmioDevices) {
+  const AcpiMmioDevice devs[] = {{0xd0001000, 0x1000, 5}, {0xd0002000, 0x1000, 6}};
+  auto body = aml::dsdt_body(std::span(devs, 1));
+  // The COM1 device is unchanged; VR00 follows it inside \_SB_.
+  ASSERT_GE(body.size(), kExpectedVirtioDeviceAml.size());
+  std::vector<uint8_t> tail(body.end() - static_cast<long>(kExpectedVirtioDeviceAml.size()),
+                            body.end());
+  EXPECT_EQ(tail, kExpectedVirtioDeviceAml);
+  EXPECT_EQ(body[14], 0x10);  // ScopeOp
+  EXPECT_EQ(body[15], 0x40 | ((body.size() - 15) & 0xf));  // 2-byte PkgLength now
+
+  auto mem = make_guest(k128M);
+  auto addr = write_acpi_tables(mem, 1, devs);
+  ASSERT_TRUE(addr.ok()) << addr.error().to_string();
+  Tables t = walk(mem, *addr);
+  EXPECT_EQ(byte_sum(t.dsdt), 0);
+  std::string text(t.dsdt.begin(), t.dsdt.end());
+  EXPECT_NE(text.find("VR01"), std::string::npos);
+
+  const AcpiMmioDevice bad_irq[] = {{0xd0001000, 0x1000, 16}};
+  EXPECT_FALSE(write_acpi_tables(mem, 1, bad_irq).ok());
+  const AcpiMmioDevice above_4g[] = {{0xfffff000, 0x2000, 5}};
+  EXPECT_FALSE(write_acpi_tables(mem, 1, above_4g).ok());
+}
+
 TEST(Acpi, AmlS5PackageMatchesTheSleepType) {
   // The first element of \_S5_ is the SLP_TYP AcpiPm powers off on.
   auto body = aml::dsdt_body();
