@@ -48,8 +48,17 @@ Result<void> WorkerDevice::init_events() {
   return ok();
 }
 
-void WorkerDevice::notify_queue(uint32_t i) const {
-  if (i < queue_events_.size()) signal_eventfd(queue_events_[i].get());
+void WorkerDevice::notify_queue(uint32_t i) {
+  if (i >= queue_events_.size()) return;
+  if (inline_) {
+    if (active_.load() && !broken_.load()) process_queue(i);
+    return;
+  }
+  signal_eventfd(queue_events_[i].get());
+}
+
+void WorkerDevice::poll_backends() {
+  if (inline_ && loop_) (void)loop_->run_once(0);
 }
 
 Result<void> WorkerDevice::activate(const GuestMemory& mem, uint64_t acked_features,
@@ -71,7 +80,7 @@ Result<void> WorkerDevice::activate(const GuestMemory& mem, uint64_t acked_featu
     }));
     // The driver may have made buffers available before DRIVER_OK without
     // notifying: look at every queue once.
-    signal_eventfd(fd);
+    if (!inline_) signal_eventfd(fd);
   }
   if (auto r = on_activate(*loop_); !r.ok()) {
     loop_.reset();
@@ -79,7 +88,7 @@ Result<void> WorkerDevice::activate(const GuestMemory& mem, uint64_t acked_featu
     return r;
   }
   active_ = true;
-  worker_ = std::thread([this] { worker_main(); });
+  if (!inline_) worker_ = std::thread([this] { worker_main(); });
   return ok();
 }
 

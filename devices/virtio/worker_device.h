@@ -69,7 +69,14 @@ class WorkerDevice : public VirtioDevice {
   // The eventfd for queue i (for KVM_IOEVENTFD); valid for the device's life.
   int queue_eventfd(size_t i) const { return queue_events_.at(i).get(); }
   // For a transport without ioeventfd: wakes the worker for queue i.
-  void notify_queue(uint32_t i) const;
+  void notify_queue(uint32_t i);
+
+  // Inline mode, for fuzzers and deterministic tests: no worker thread;
+  // notify_queue() processes the queue on the caller's thread and
+  // poll_backends() dispatches ready backend descriptors (a TAP) once. Set
+  // before activation.
+  void set_inline_for_testing(bool on) { inline_ = on; }
+  void poll_backends();
 
   const std::string& name() const { return name_; }
   bool active() const { return active_.load(); }
@@ -120,6 +127,7 @@ class WorkerDevice : public VirtioDevice {
   std::thread worker_;
   std::atomic<bool> active_{false};
   std::atomic<bool> broken_{false};
+  bool inline_ = false;
   RateLimitedLog log_;
 };
 

@@ -69,23 +69,26 @@ Result<void> EventLoop::remove(int fd) {
   return ok();
 }
 
-Result<void> EventLoop::run() {
+Result<void> EventLoop::run_once(int timeout_ms) {
   std::array<epoll_event, 16> events;
-  while (!stopping_.load()) {
-    int n = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_error("epoll_wait");
-    }
-    for (int i = 0; i < n && !stopping_.load(); ++i) {
-      int fd = events[static_cast<size_t>(i)].data.fd;
-      if (fd == stop_fd_.get()) continue;
-      auto it = callbacks_.find(fd);
-      if (it == callbacks_.end()) continue;  // removed by an earlier callback
-      auto cb = it->second;
-      (*cb)(events[static_cast<size_t>(i)].events);
-    }
+  int n = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
+  if (n < 0) {
+    if (errno == EINTR) return ok();
+    return errno_error("epoll_wait");
   }
+  for (int i = 0; i < n && !stopping_.load(); ++i) {
+    int fd = events[static_cast<size_t>(i)].data.fd;
+    if (fd == stop_fd_.get()) continue;
+    auto it = callbacks_.find(fd);
+    if (it == callbacks_.end()) continue;  // removed by an earlier callback
+    auto cb = it->second;
+    (*cb)(events[static_cast<size_t>(i)].events);
+  }
+  return ok();
+}
+
+Result<void> EventLoop::run() {
+  while (!stopping_.load()) VMM_CHECK(run_once(-1));
   return ok();
 }
 

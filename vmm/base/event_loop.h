@@ -32,6 +32,9 @@ class EventLoop {
 
   // Dispatches until stop(). Returns an error only if epoll itself fails.
   Result<void> run();
+  // Waits at most timeout_ms (0: not at all, -1: forever) and dispatches
+  // what is ready once. For tests and fuzzers.
+  Result<void> run_once(int timeout_ms);
   // Thread-safe; run() returns after the callback in progress (if any).
   void stop();
 

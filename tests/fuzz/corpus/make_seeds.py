@@ -169,3 +169,67 @@ if __name__ == "__main__":
     kernel_seeds()
     serial_seeds()
     symbols_seeds()
+
+
+# ------------------------------------------------------------------ virtio --
+# fuzz_virtio records: op, u16 offset/addr, u32 value, u8 extra (8 bytes).
+
+
+def rec(op, off=0, val=0, extra=0):
+    return struct.pack("<BHIB", op, off, val & 0xffffffff, extra)
+
+
+def memw(addr, val):
+    return rec(2, addr, val)
+
+
+def blk_read_seed(readonly, req_type):
+    # Queue 0: desc 0x1000, avail 0x2000, used 0x3000; header at 0x8000,
+    # data at 0x9000, status at 0x8100.
+    s = bytes([0, 1 if readonly else 0])
+    s += rec(3, 0, (1 << 9))  # bring-up with FLUSH
+    s += memw(0x8000, req_type) + memw(0x8008, 2) + memw(0x800c, 0)
+    # desc 0: header (16, NEXT, next 1); 1: data 1024 (WRITE|NEXT for reads),
+    # 2: status 1 WRITE.
+    data_flags = 3 if req_type == 0 else 1
+    s += memw(0x1000, 0x8000) + memw(0x1004, 0) + memw(0x1008, 16) + memw(0x100c, 1 | (1 << 16))
+    s += memw(0x1010, 0x9000) + memw(0x1014, 0) + memw(0x1018, 1024) + memw(0x101c, data_flags | (2 << 16))
+    s += memw(0x1020, 0x8100) + memw(0x1024, 0) + memw(0x1028, 1) + memw(0x102c, 2)
+    s += memw(0x2004, 0) + memw(0x2000, 1 << 16)  # ring[0] = 0, idx = 1
+    s += rec(4, 0, 0, 0) + rec(1, 0x70, 0, 3)
+    return s
+
+
+out("fuzz_virtio", "blk_read", blk_read_seed(False, 0))
+out("fuzz_virtio", "blk_write", blk_read_seed(False, 1))
+out("fuzz_virtio", "blk_write_ro", blk_read_seed(True, 1))
+out("fuzz_virtio", "blk_flush", blk_read_seed(False, 4))
+
+
+def net_seed():
+    s = bytes([1, 0])
+    s += rec(3, 0, (1 << 5))
+    # RX queue 0: one writable 2048-byte buffer at 0x9000.
+    s += memw(0x1000, 0x9000) + memw(0x1004, 0) + memw(0x1008, 2048) + memw(0x100c, 2)
+    s += memw(0x2004, 0) + memw(0x2000, 1 << 16)
+    s += rec(4, 0, 0, 0) + rec(5, 0, 100, 7) + rec(6)
+    # TX queue 1 (desc 0x4000, avail 0x5000): header+frame readable at 0xa000.
+    s += memw(0x4000, 0xa000) + memw(0x4004, 0) + memw(0x4008, 12 + 60) + memw(0x400c, 0)
+    s += memw(0x5004, 0) + memw(0x5000, 1 << 16)
+    s += rec(4, 0, 0, 1) + rec(6)
+    return s
+
+
+out("fuzz_virtio", "net_rx_tx", net_seed())
+
+
+def rng_seed():
+    s = bytes([2, 0])
+    s += rec(3, 0, 0)
+    s += memw(0x1000, 0x9000) + memw(0x1004, 0) + memw(0x1008, 64) + memw(0x100c, 2)
+    s += memw(0x2004, 0) + memw(0x2000, 1 << 16)
+    s += rec(4, 0, 0, 0) + rec(7, 0x40, 0x9000, 0x21) + rec(4, 0, 0, 0)
+    return s
+
+
+out("fuzz_virtio", "rng", rng_seed())
