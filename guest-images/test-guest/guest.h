@@ -30,6 +30,15 @@
 #define BOOT_LINUX64      0            /* 64-bit entry, first argument = zero page */
 #define BOOT_PVH          1            /* PVH entry, first argument = hvm_start_info */
 
+/* Ring 3 (user.c, user.S): the GDT user_init() installs. */
+#define SEL_KCODE         0x08
+#define SEL_KDATA         0x10
+#define SEL_UDATA         0x18         /* used with RPL 3 */
+#define SEL_UCODE         0x20         /* used with RPL 3 */
+#define SEL_TSS           0x28
+#define USER_STACK_SIZE   16384
+#define TRAP_STACK_SIZE   8192         /* TSS.rsp0: ring 3 -> 0 transitions */
+
 /* Exception stubs in entry.S are ISR_STUB_SIZE bytes apart. */
 #define ISR_STUB_SIZE     8
 
@@ -69,13 +78,59 @@ void con_putc(char c);
 void con_puts(const char *s);
 void con_dec(uint64_t v);
 void con_hex(uint64_t v); /* lowercase, no "0x", no leading zeros */
+/* Decimal, digits only, no sign; false on empty input, junk or > max. */
+bool parse_dec(const char *s, uint64_t max, uint64_t *out);
+bool streq(const char *a, const char *b);
 
 /* idt.c */
 void idt_init(void);
+void idt_set_gate(unsigned vector, const void *handler, unsigned dpl);
+
+/* user.c / user.S: run fn(arg) in ring 3 (same memory, made user-accessible
+ * by user_init()). On this project's nested-KVM
+ * host guest *supervisor* code is interpreted (~1 us per instruction) while
+ * user code runs natively, so compute-heavy commands run there. */
+void user_run(void (*fn)(const char *arg), const char *arg);
+void user_call(void (*fn)(const char *arg), const char *arg); /* user.S; needs user_init() */
+/* No port I/O in ring 3 (IOPL 0; on that host it faults even with IOPL 3),
+ * so con_putc() in ring 3 buffers a line and hands it to ring 0 (user.S). */
+static inline bool in_user_mode(void) {
+  uint16_t cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  return (cs & 3) != 0;
+}
+void user_putc(char c);
+void user_flush(void);
 
 /* smp.c */
 unsigned mp_count_cpus(void); /* processor entries in the MP table, 0 if none */
 unsigned smp_boot_aps(void);  /* CPUs that ran (BSP included) */
+
+/* virtio.c: polling virtio-mmio drivers and their console commands
+ * (each takes the argument text of the line, see README.md). */
+void cmd_vdevs(const char *arg);
+void cmd_blkinfo(const char *arg);
+void cmd_blkread(const char *arg);
+void cmd_blkwrite(const char *arg);
+void cmd_blkflush(const char *arg);
+void cmd_blkid(const char *arg);
+void cmd_rng(const char *arg);
+void cmd_netinfo(const char *arg);
+void cmd_netsend(const char *arg);
+void cmd_netecho(const char *arg);
+void cmd_vbad(const char *arg);
+void cmd_vreset(const char *arg);
+
+/* sha256.c */
+struct sha256 {
+  uint32_t h[8];
+  uint64_t len; /* bytes hashed so far */
+  unsigned fill; /* bytes in buf */
+  uint8_t buf[64];
+};
+void sha256_init(struct sha256 *s);
+void sha256_update(struct sha256 *s, const void *data, size_t n);
+void sha256_final(struct sha256 *s, uint8_t out[32]);
 
 /* lib.c: the compiler may emit calls to these even when freestanding. */
 void *memcpy(void *dst, const void *src, size_t n);

@@ -48,6 +48,15 @@ void idt_init(void) {
   __asm__ volatile("lidt %0" : : "m"(idtr));
 }
 
+/* Points one gate at handler (same CS as the others), with the given DPL. */
+void idt_set_gate(unsigned vector, const void *handler, unsigned dpl) {
+  uint64_t a = (uint64_t)(uintptr_t)handler;
+  idt[vector].offset_lo = (uint16_t)a;
+  idt[vector].offset_mid = (uint16_t)(a >> 16);
+  idt[vector].offset_hi = (uint32_t)(a >> 32);
+  idt[vector].type_attr = (uint8_t)(0x8e | (dpl & 3) << 5);
+}
+
 void isr_handler(struct isr_frame *f) {
   unsigned vector = f->vector & 0xff;
   if (vector == 3) {

@@ -53,6 +53,10 @@ static void serial_init(void) {
 }
 
 void con_putc(char c) {
+  if (in_user_mode()) {
+    user_putc(c); /* ring 3: no port I/O (see user.c) */
+    return;
+  }
   while (!(inb(COM1_PORT + UART_LSR) & LSR_THR_EMPTY)) cpu_pause();
   outb(COM1_PORT + UART_DATA, (uint8_t)c);
 }
@@ -83,7 +87,7 @@ void con_hex(uint64_t v) {
 }
 
 /* Decimal, digits only, no sign; fails on empty input, junk or > max. */
-static bool parse_dec(const char *s, uint64_t max, uint64_t *out) {
+bool parse_dec(const char *s, uint64_t max, uint64_t *out) {
   uint64_t v = 0;
   if (!*s) return false;
   for (; *s; s++) {
@@ -114,7 +118,7 @@ static bool parse_hex(const char *s, uint64_t max, uint64_t *out) {
   return true;
 }
 
-static bool streq(const char *a, const char *b) {
+bool streq(const char *a, const char *b) {
   while (*a && *a == *b) a++, b++;
   return *a == *b;
 }
@@ -316,6 +320,11 @@ static const struct {
     {"smp", cmd_smp},     {"probe", cmd_probe},     {"mmio", cmd_mmio},   {"exit", cmd_exit},
     {"reset", cmd_reset}, {"cpuid", cmd_cpuid},     {"int3", cmd_int3},   {"fwait", cmd_fwait},
     {"triple", cmd_triple}, {"count", cmd_count},   {"spin", cmd_spin},   {"entry", cmd_entry},
+    /* virtio.c */
+    {"vdevs", cmd_vdevs},     {"blkinfo", cmd_blkinfo}, {"blkread", cmd_blkread},
+    {"blkwrite", cmd_blkwrite}, {"blkflush", cmd_blkflush}, {"blkid", cmd_blkid},
+    {"rng", cmd_rng},         {"netinfo", cmd_netinfo}, {"netsend", cmd_netsend},
+    {"netecho", cmd_netecho}, {"vbad", cmd_vbad},       {"vreset", cmd_vreset},
 };
 
 #define LINE_MAX 128

@@ -2,13 +2,18 @@
 """KVM integration tests: the freestanding test guest (guest-images/test-guest)
 through the real vmm binary. Usage: test_guest_tests.py --vmm V --guest G NAME"""
 import argparse
+import hashlib
 import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmmtest import Guest, check, require_kvm  # noqa: E402
+from vmmtest import SKIP, Guest, check, require_kvm  # noqa: E402
 
 TESTS = {}
 
@@ -318,6 +323,368 @@ def guest_panic(a):
               in g.err.decode(), "panic reason not logged", g)
     finally:
         g.kill()
+
+
+# --- virtio devices (--disk, --net, --rng) through the guest's polling drivers ---
+# Device IDs and the guest's commands: guest-images/test-guest/README.md.
+VIRTIO_NET, VIRTIO_BLK, VIRTIO_RNG = 1, 2, 4
+SECTOR = 512
+
+
+def make_disk(d, name, sectors):
+    """A raw image of random content; returns (path, content)."""
+    path = os.path.join(d, name)
+    data = os.urandom(sectors * SECTOR)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path, data
+
+
+def blk_pattern(sector, count, seed):
+    """What `blkwrite sector count seed` writes: byte j of sector s is (s*131 + j*7 + seed)."""
+    return b"".join(bytes((s * 131 + j * 7 + seed) & 0xff for j in range(SECTOR))
+                    for s in range(sector, sector + count))
+
+
+def vdevs(g):
+    """The guest's `vdevs` listing as [(slot, id, version)] in slot order."""
+    g.send("vdevs")
+    devs = []
+    while True:
+        line = g.expect("VDEV")
+        m = re.match(r"VDEVS n=(\d+)$", line)
+        if m:
+            check(int(m.group(1)) == len(devs), f"VDEVS count mismatch: {line!r}", g)
+            return devs
+        m = re.match(r"VDEV slot=(\d+) base=0x([0-9a-f]+) id=(\d+) version=(\d+)$", line)
+        check(m is not None, f"bad VDEV line {line!r}", g)
+        slot = int(m.group(1))
+        check(int(m.group(2), 16) == 0xd0001000 + slot * 0x1000, f"slot/base mismatch: {line!r}", g)
+        devs.append((slot, int(m.group(3)), int(m.group(4))))
+
+
+def check_vdevs(g, ids):
+    """Our VMM puts the devices in consecutive slots from 0, all modern (version 2)."""
+    got = vdevs(g)
+    want = [(i, dev_id, 2) for i, dev_id in enumerate(ids)]
+    check(got == want, f"vdevs {got}, want {want}", g)
+
+
+def blkread(g, sector, count, dev=None, timeout=30):
+    cmd = f"blkread {sector} {count}" + ("" if dev is None else f" {dev}")
+    return g.command(cmd, "BLKREAD ", timeout)
+
+
+def sha_line(data):
+    return f"BLKREAD ok sha256={hashlib.sha256(data).hexdigest()}"
+
+
+def finish(g):
+    """The VMM is still alive and answering; the guest ends it with status 0."""
+    check(g.proc.poll() is None, "vmm exited early", g)
+    check(g.command("echo still here", "still here") == "still here", "guest not answering", g)
+    g.send("exit 0")
+    check(g.wait() == 0, "exit 0 expected", g)
+
+
+@test
+def virtio_absent(a):
+    """Without virtio flags the guest finds no devices (and no stray windows)."""
+    g = boot(a)
+    try:
+        check(vdevs(g) == [], "devices found on a VM without any", g)
+        for cmd in ("blkinfo", "blkread 0 1", "rng 8", "netinfo", "vbad 0 index", "vreset 0"):
+            check(g.command(cmd, "ERR ") == "ERR no device", f"{cmd!r} without a device", g)
+        finish(g)
+    finally:
+        g.kill()
+
+
+@test
+def virtio_blk_read(a):
+    with tempfile.TemporaryDirectory() as d:
+        path, data = make_disk(d, "disk.raw", 8192)  # 4 MiB
+        g = boot(a, "--disk", f"path={path}")
+        try:
+            check_vdevs(g, [VIRTIO_BLK])
+            line = g.command("blkinfo", "BLK ")
+            m = re.match(r"BLK capacity=(\d+) ro=([01]) features=0x([0-9a-f]+)$", line)
+            check(m is not None, f"bad blkinfo {line!r}", g)
+            check(int(m.group(1)) == 8192, f"capacity: {line!r}", g)
+            check(m.group(2) == "0", f"writable disk reported read-only: {line!r}", g)
+            check(int(m.group(3), 16) & (1 << 32), f"VIRTIO_F_VERSION_1 not offered: {line!r}", g)
+            # One sector, a range of 3 requests (64 + 64 + 22 KiB) at an odd
+            # sector, the largest read (8 requests), the last sector.
+            for sector, count in ((0, 1), (37, 300), (1000, 1024), (8191, 1)):
+                want = sha_line(data[sector * SECTOR:(sector + count) * SECTOR])
+                line = blkread(g, sector, count)
+                check(line == want, f"blkread {sector} {count}: {line!r}, want {want!r}", g)
+            # Past the end: VIRTIO_BLK_S_IOERR, and the device keeps working.
+            line = blkread(g, 8191, 2)
+            check(line == "BLKREAD status=1", f"read past the end: {line!r}", g)
+            check(blkread(g, 5, 3) == sha_line(data[5 * SECTOR:8 * SECTOR]),
+                  "read after an error", g)
+            finish(g)
+        finally:
+            g.kill()
+
+
+@test
+def virtio_blk_write(a):
+    with tempfile.TemporaryDirectory() as d:
+        path, data = make_disk(d, "disk.raw", 4096)  # 2 MiB
+        g = boot(a, "--disk", f"path={path}")
+        want = bytearray(data)
+        try:
+            for sector, count, seed in ((10, 200, 9), (4095, 1, 250), (0, 1, 0)):
+                line = g.command(f"blkwrite {sector} {count} {seed}", "BLKWRITE ")
+                check(line == "BLKWRITE ok", f"blkwrite {sector} {count} {seed}: {line!r}", g)
+                want[sector * SECTOR:(sector + count) * SECTOR] = blk_pattern(sector, count, seed)
+            line = g.command("blkwrite 4095 2 1", "BLKWRITE ")
+            check(line == "BLKWRITE status=1", f"write past the end: {line!r}", g)
+            line = g.command("blkflush", "BLKFLUSH ")
+            check(line == "BLKFLUSH status=0", f"flush: {line!r}", g)
+            # The guest reads back what it wrote.
+            check(blkread(g, 0, 300) == sha_line(bytes(want[:300 * SECTOR])), "read back", g)
+            finish(g)
+        finally:
+            g.kill()
+        with open(path, "rb") as f:
+            got = f.read()
+        check(len(got) == len(want), f"disk size changed: {len(got)}")
+        for s in range(len(want) // SECTOR):
+            check(got[s * SECTOR:(s + 1) * SECTOR] == want[s * SECTOR:(s + 1) * SECTOR],
+                  f"sector {s} of the host file is not what the guest wrote/left")
+
+
+@test
+def virtio_blk_readonly(a):
+    with tempfile.TemporaryDirectory() as d:
+        path, data = make_disk(d, "disk.raw", 2048)
+        g = boot(a, "--disk", f"path={path},readonly=on")
+        try:
+            line = g.command("blkinfo", "BLK ")
+            check(re.match(r"BLK capacity=2048 ro=1 features=0x[0-9a-f]+$", line) is not None,
+                  f"read-only disk: {line!r}", g)
+            for cmd in ("blkwrite 0 1 1", "blkwrite 100 300 7"):
+                line = g.command(cmd, "BLKWRITE ")
+                check(line == "BLKWRITE status=1", f"{cmd!r} on a read-only disk: {line!r}", g)
+            check(blkread(g, 0, 256) == sha_line(data[:256 * SECTOR]), "read-only disk read", g)
+            finish(g)
+        finally:
+            g.kill()
+        with open(path, "rb") as f:
+            check(f.read() == data, "read-only disk was modified")
+
+
+@test
+def virtio_blk_id_flush(a):
+    with tempfile.TemporaryDirectory() as d:
+        path, _ = make_disk(d, "disk.raw", 64)
+        g = boot(a, "--disk", f"path={path},id=tg-disk-42")
+        try:
+            check(g.command("blkid", "BLKID") == "BLKID tg-disk-42", "blkid", g)
+            for _ in range(2):
+                check(g.command("blkflush", "BLKFLUSH ") == "BLKFLUSH status=0", "flush", g)
+            check(g.command("blkwrite 3 2 77", "BLKWRITE ") == "BLKWRITE ok", "write", g)
+            check(g.command("blkflush", "BLKFLUSH ") == "BLKFLUSH status=0", "flush", g)
+            finish(g)
+        finally:
+            g.kill()
+
+
+@test
+def virtio_two_disks(a):
+    with tempfile.TemporaryDirectory() as d:
+        p0, d0 = make_disk(d, "a.raw", 1024)
+        p1, d1 = make_disk(d, "b.raw", 3000)
+        g = boot(a, "--disk", f"path={p0},id=first", "--disk", f"path={p1},readonly=on,id=second")
+        try:
+            check_vdevs(g, [VIRTIO_BLK, VIRTIO_BLK])
+            check(g.command("blkinfo 0", "BLK ").startswith("BLK capacity=1024 ro=0 "), "disk 0", g)
+            check(g.command("blkinfo 1", "BLK ").startswith("BLK capacity=3000 ro=1 "), "disk 1", g)
+            check(g.command("blkid 0", "BLKID") == "BLKID first", "blkid 0", g)
+            check(g.command("blkid 1", "BLKID") == "BLKID second", "blkid 1", g)
+            check(blkread(g, 0, 200, 0) == sha_line(d0[:200 * SECTOR]), "disk 0 read", g)
+            check(blkread(g, 0, 200, 1) == sha_line(d1[:200 * SECTOR]), "disk 1 read", g)
+            check(blkread(g, 2000, 1000, 1) == sha_line(d1[2000 * SECTOR:]), "disk 1 tail", g)
+            check(g.command("blkwrite 7 9 3 0", "BLKWRITE ") == "BLKWRITE ok", "disk 0 write", g)
+            check(g.command("blkwrite 7 9 3 1", "BLKWRITE ") == "BLKWRITE status=1",
+                  "disk 1 is read-only", g)
+            check(g.command("blkinfo 2", "ERR ") == "ERR no device", "no third disk", g)
+            finish(g)
+        finally:
+            g.kill()
+        with open(p0, "rb") as f:
+            got0 = f.read()
+        with open(p1, "rb") as f:
+            got1 = f.read()
+        check(got0 == d0[:7 * SECTOR] + blk_pattern(7, 9, 3) + d0[16 * SECTOR:],
+              "disk 0 does not hold the write")
+        check(got1 == d1, "disk 1 was modified")
+
+
+@test
+def virtio_rng(a):
+    with tempfile.TemporaryDirectory() as d:
+        path, _ = make_disk(d, "disk.raw", 8)
+        # Device order is fixed by kind, not by flag order: disks, nets, then rng.
+        g = boot(a, "--rng", "--disk", f"path={path}")
+        try:
+            check_vdevs(g, [VIRTIO_BLK, VIRTIO_RNG])
+            seen = set()
+            for n in (32, 32, 64, 1):
+                line = g.command(f"rng {n}", "RNG ")
+                m = re.match(r"RNG ([0-9a-f]+)$", line)
+                check(m is not None and len(m.group(1)) == 2 * n, f"rng {n}: {line!r}", g)
+                if n >= 32:
+                    check(int(m.group(1), 16) != 0, f"rng {n} returned zeros: {line!r}", g)
+                    check(m.group(1) not in seen, f"rng repeated itself: {line!r}", g)
+                    seen.add(m.group(1))
+            finish(g)
+        finally:
+            g.kill()
+
+
+def need_tap():
+    """Root and /dev/net/tun, else SKIP (77)."""
+    if os.geteuid() != 0:
+        print("SKIP: TAP tests need root")
+        sys.exit(SKIP)
+    if not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
+        print("SKIP: no /dev/net/tun or no ip(8)")
+        sys.exit(SKIP)
+
+
+class Tap:
+    """A TAP interface made for one test (IPv6 off so the host sends nothing
+    by itself), with an AF_PACKET socket on it for the test ethertype."""
+
+    def __init__(self):
+        self.name = f"tgt{os.getpid() % 1000000}"
+        self.sock = None
+        self._ip("link", "del", self.name)  # a leftover of a killed run with our pid
+        subprocess.run(["ip", "tuntap", "add", self.name, "mode", "tap"], check=True)
+        try:
+            try:  # before "up": no router solicitations or MLD reports on it
+                with open(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6", "w") as f:
+                    f.write("1")
+            except OSError:
+                pass  # no IPv6 on this host: nothing to silence
+            subprocess.run(["ip", "link", "set", self.name, "up"], check=True)
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_TEST))
+            self.sock.bind((self.name, ETH_TEST))
+        except BaseException:
+            self.close()
+            raise
+
+    def recv(self, timeout=10):
+        """The next frame the guest sent (skips our own outgoing ones)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            check(left > 0, f"no frame from the guest on {self.name} within {timeout}s")
+            self.sock.settimeout(left)
+            try:
+                frame, addr = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            if addr[2] != socket.PACKET_OUTGOING:
+                return frame
+
+    @staticmethod
+    def _ip(*args):
+        subprocess.run(["ip", *args], check=False, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+        self._ip("link", "del", self.name)
+
+
+ETH_TEST = 0x88B5
+GUEST_MAC = "52:54:00:5e:a1:07"
+
+
+@test
+def virtio_net(a):
+    need_tap()
+    tap = Tap()
+    try:
+        g = boot(a, "--net", f"tap={tap.name},mac={GUEST_MAC}")
+        try:
+            check_vdevs(g, [VIRTIO_NET])
+            check(g.command("netinfo", "NET ") == f"NET mac={GUEST_MAC}", "netinfo", g)
+            mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+            # Guest -> host: exact frames (smallest, largest).
+            for length, seed in ((60, 5), (1514, 200)):
+                check(g.command(f"netsend {length} {seed}", "NETSEND ") == "NETSEND ok",
+                      f"netsend {length}", g)
+                want = (b"\xff" * 6 + mac + ETH_TEST.to_bytes(2, "big") +
+                        bytes((k + seed) & 0xff for k in range(length - 14)))
+                got = tap.recv()
+                check(got == want, f"netsend {length} {seed}: host got {got[:32].hex()}... "
+                      f"({len(got)} bytes)", g)
+            # Host -> guest -> host: the guest reports each frame and sends it back.
+            peer = bytes.fromhex("02aabbccddee")
+            frames = [b"\xff" * 6 + peer + ETH_TEST.to_bytes(2, "big") + os.urandom(n - 14)
+                      for n in (60, 777, 1514)]
+            g.send(f"netecho {len(frames)} 20000")
+            for f in frames:
+                tap.sock.send(f)
+            for f in frames:
+                got = tap.recv()
+                check(got == peer + mac + f[12:],
+                      f"echo of a {len(f)}-byte frame: {got[:32].hex()}", g)
+            for f in frames:
+                line = g.expect("NETRECV ")
+                want = f"NETRECV len={len(f)} sha256={hashlib.sha256(f).hexdigest()}"
+                check(line == want, f"{line!r}, want {want!r}", g)
+            check(g.expect("NETECHO ") == f"NETECHO done n={len(frames)}", "netecho done", g)
+            line = g.command("netecho 1 200", "NETECHO ")
+            check(line == "NETECHO timeout n=0", f"netecho with no traffic: {line!r}", g)
+            finish(g)
+        finally:
+            g.kill()
+    finally:
+        tap.close()
+
+
+@test
+def virtio_vbad(a):
+    """A hostile driver: each malformed ring sets DEVICE_NEEDS_RESET (0x40) and
+    nothing else; after a reset the device works again and the VMM keeps running."""
+    with tempfile.TemporaryDirectory() as d:
+        path, data = make_disk(d, "disk.raw", 512)
+        g = boot(a, "--disk", f"path={path}", "--rng")
+        try:
+            check_vdevs(g, [VIRTIO_BLK, VIRTIO_RNG])
+            good = sha_line(data[:16 * SECTOR])
+            check(blkread(g, 0, 16) == good, "blkread before", g)
+            for kind in ("index", "loop", "addr", "availjump"):
+                for slot, after in ((0, "blkread 0 16"), (1, "rng 16")):
+                    line = g.command(f"vbad {slot} {kind}", "VBAD ")
+                    m = re.match(r"VBAD status=0x([0-9a-f]+)$", line)
+                    check(m is not None, f"vbad {slot} {kind}: {line!r}", g)
+                    status = int(m.group(1), 16)
+                    check(status & 0x40, f"vbad {slot} {kind}: no DEVICE_NEEDS_RESET: {line!r}", g)
+                    check(not status & 0x80, f"vbad {slot} {kind}: FAILED set: {line!r}", g)
+                    check(g.command(after, "ERR ") == "ERR device needs vreset",
+                          "guest driver state after vbad", g)
+                    check(g.command(f"vreset {slot}", "VRESET ") == "VRESET ok",
+                          f"vreset {slot} after {kind}", g)
+                    if slot == 0:
+                        check(blkread(g, 0, 16) == good, f"blkread after {kind} + vreset", g)
+                    else:
+                        line = g.command(after, "RNG ")
+                        check(re.match(r"RNG [0-9a-f]{32}$", line) is not None,
+                              f"rng after {kind} + vreset: {line!r}", g)
+            finish(g)
+        finally:
+            g.kill()
+        with open(path, "rb") as f:
+            check(f.read() == data, "a hostile request changed the disk")
 
 
 def main():
