@@ -205,6 +205,12 @@ def bad_inputs(a):
             (["--kernel", a.guest, "--serial", "tcp:1"], "bad serial"),
             (["--kernel", a.guest, "--cpu-template", "nonesuch"], "bad cpu template"),
             (["--bogus-flag"], "unknown flag"),
+            (["--kernel", a.guest, "--disk", f"path={os.path.join(d, 'missing')}"], "missing disk"),
+            (["--kernel", a.guest, "--disk", d], "disk is a directory"),
+            (["--kernel", a.guest, "--disk", f"path={garbage},cache=none"], "bad disk option"),
+            (["--kernel", a.guest, "--net", "tap=t,mac=01:02:03:04:05:06"], "multicast MAC"),
+            (["--kernel", a.guest, "--net", "tap=" + "x" * 20], "TAP name too long"),
+            (["--kernel", a.guest, "--rng"] + ["--disk", garbage] * 8, "too many virtio devices"),
         ]
         for args, what in cases:
             p = subprocess.run([a.vmm, *args], stdin=subprocess.DEVNULL, capture_output=True,
@@ -685,6 +691,94 @@ def virtio_vbad(a):
             g.kill()
         with open(path, "rb") as f:
             check(f.read() == data, "a hostile request changed the disk")
+
+
+BENCH_RE = r" cycles=\d+ kicks=\d+ isr=\d+$"
+
+
+@test
+def virtio_blk_bench(a):
+    """The benchmark commands (blkbench, benchirq, mmiobench, tsc): right
+    request counts, a write lands where and as documented, bad arguments are
+    refused, and the plain commands still work afterwards."""
+    with tempfile.TemporaryDirectory() as d:
+        path, data = make_disk(d, "disk.raw", 4096)
+        g = boot(a, "--disk", f"path={path}")
+        try:
+            t0 = int(g.command("tsc", "TSC ").split()[1])
+            for cmd, reqs in (("blkbench r 2048 128 seq", 16), ("blkbench r 4096 8 rand 4", 512),
+                              ("blkbench r 8192 256 seq 5 0", 32)):
+                line = g.command(cmd, "BLKBENCH ")
+                check(re.match(rf"BLKBENCH ok reqs={reqs}{BENCH_RE}", line) is not None,
+                      f"{cmd}: {line!r}", g)
+            check(g.command("benchirq off", "BENCHIRQ ") == "BENCHIRQ off", "benchirq off", g)
+            line = g.command("blkbench r 2048 8 rand 5", "BLKBENCH ")
+            check(re.match(r"BLKBENCH ok reqs=256 cycles=\d+ kicks=\d+ isr=0$", line) is not None,
+                  f"polling blkbench: {line!r}", g)
+            check(g.command("benchirq ack", "BENCHIRQ ") == "BENCHIRQ ack", "benchirq ack", g)
+            # 4 requests of 128 KiB from sector 0: each carries byte j = (j*7) & 0xff.
+            line = g.command("blkbench w 1024 256 seq 2", "BLKBENCH ")
+            check(re.match(rf"BLKBENCH ok reqs=4{BENCH_RE}", line) is not None,
+                  f"blkbench w: {line!r}", g)
+            for cmd in ("blkbench r 100 8 seq", "blkbench x 8 8 seq", "blkbench r 8 8 up",
+                        "blkbench r 8 8 seq 6", "blkbench r 512 512 seq", "blkbench r 0 8 seq",
+                        "blkbench r 8 8 seq 1 1", "blkbench r 8 8", "netbench tx 1 10",
+                        "netbench tx 1 60", "netbench rx 1", "benchirq maybe", "mmiobench 0"):
+                # A well-formed command for a device that is not there: no device.
+                want = "ERR no device" if cmd in ("blkbench r 8 8 seq 1 1", "netbench tx 1 60") \
+                    else "ERR bad argument"
+                check(g.command(cmd, "ERR ") == want, f"{cmd!r}", g)
+            line = g.command("mmiobench 100", "MMIOBENCH ")
+            check(re.match(r"MMIOBENCH reads=100 cycles=\d+ bad=0$", line) is not None,
+                  f"mmiobench: {line!r}", g)
+            t1 = int(g.command("tsc", "TSC ").split()[1])
+            check(t1 > t0, f"TSC went from {t0} to {t1}", g)
+            pattern = bytes((j * 7) & 0xff for j in range(128 * 1024)) * 4
+            want = pattern + data[len(pattern):]
+            check(blkread(g, 1000, 48) == sha_line(want[1000 * SECTOR:1048 * SECTOR]),
+                  "blkread after blkbench", g)
+            finish(g)
+        finally:
+            g.kill()
+        with open(path, "rb") as f:
+            check(f.read() == want, "blkbench w wrote something else")
+
+
+@test
+def virtio_net_bench(a):
+    """netbench tx: every frame reaches the TAP, as documented; netbench rx
+    counts frames the host sends."""
+    need_tap()
+    tap = Tap()
+    try:
+        tap.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        g = boot(a, "--net", f"tap={tap.name},mac={GUEST_MAC}")
+        try:
+            line = g.command("netbench tx 300 60", "NETBENCH ")
+            check(re.match(rf"NETBENCH tx ok frames=300{BENCH_RE}", line) is not None,
+                  f"netbench tx: {line!r}", g)
+            mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+            want = b"\xff" * 6 + mac + ETH_TEST.to_bytes(2, "big") + bytes(range(46))
+            for i in range(300):
+                got = tap.recv()
+                check(got == want, f"frame {i}: {got[:32].hex()}... ({len(got)} bytes)", g)
+            peer = bytes.fromhex("02aabbccddee")
+            frame = b"\xff" * 6 + peer + ETH_TEST.to_bytes(2, "big") + bytes(586)
+            g.send("netbench rx 40 20000")
+            for _ in range(40):
+                tap.sock.send(frame)
+            line = g.expect("NETBENCH ")
+            check(re.match(rf"NETBENCH rx ok frames=40 bytes={40 * 600}{BENCH_RE}", line)
+                  is not None, f"netbench rx: {line!r}", g)
+            line = g.command("netbench rx 1 100", "NETBENCH ")
+            check(re.match(rf"NETBENCH rx timeout frames=0 bytes=0{BENCH_RE}", line) is not None,
+                  f"netbench rx without traffic: {line!r}", g)
+            check(g.command("netsend 60 5", "NETSEND ") == "NETSEND ok", "netsend after", g)
+            finish(g)
+        finally:
+            g.kill()
+    finally:
+        tap.close()
 
 
 def main():

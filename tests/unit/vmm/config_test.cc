@@ -31,5 +31,37 @@ TEST(ParseSerial, Modes) {
   EXPECT_FALSE(parse_serial("tcp:1234", c).ok());
 }
 
+TEST(ParseDisk, Forms) {
+  auto d = parse_disk("path=/img/a.raw,readonly=on,id=root");
+  ASSERT_TRUE(d.ok()) << d.error().to_string();
+  EXPECT_EQ(d->path, "/img/a.raw");
+  EXPECT_TRUE(d->readonly);
+  EXPECT_EQ(d->id, "root");
+  auto bare = parse_disk("/img/b.raw");
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(bare->path, "/img/b.raw");
+  EXPECT_FALSE(bare->readonly);
+  auto off = parse_disk("path=x,readonly=off");
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->readonly);
+  for (const char* bad : {"", "readonly=on", "path=x,readonly=maybe", "path=x,cache=none",
+                          "path=x,id=123456789012345678901", "path=x,,id=a", "path=x,id"})
+    EXPECT_FALSE(parse_disk(bad).ok()) << bad;
+}
+
+TEST(ParseNet, Forms) {
+  auto n = parse_net("tap=tap0,mac=52:54:00:12:34:56");
+  ASSERT_TRUE(n.ok()) << n.error().to_string();
+  EXPECT_EQ(n->tap, "tap0");
+  ASSERT_TRUE(n->mac.has_value());
+  EXPECT_EQ((*n->mac)[5], 0x56);
+  auto bare = parse_net("tap1");
+  ASSERT_TRUE(bare.ok());
+  EXPECT_FALSE(bare->mac.has_value());
+  for (const char* bad : {"", "mac=52:54:00:12:34:56", "tap=t,mac=01:00:00:00:00:01",
+                          "tap=t,mac=zz", "tap=t,queues=2"})
+    EXPECT_FALSE(parse_net(bad).ok()) << bad;
+}
+
 }  // namespace
 }  // namespace vmm
