@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
   app.add_option("--net", nets,
                  "virtio-net over a TAP: tap=NAME[,mac=52:54:00:12:34:56] (repeatable)");
   app.add_flag("--rng", cfg.rng, "virtio-rng fed from the host's /dev/urandom");
+  app.add_option("--api-socket", cfg.api_socket,
+                 "Control socket (Unix, line-delimited JSON; see docs/api.md and vmmctl)");
   app.add_option("--log-level", cfg.log_level,
                  "trace | debug | info | warn | error | off (default info)");
   app.add_option("--debug-sample-rip", cfg.sample_rip_ms,

@@ -133,6 +133,15 @@ void NetDevice::on_reset() {
   if (is_tap_) (void)::ioctl(tap_.get(), TUNSETOFFLOAD, 0);
 }
 
+void NetDevice::on_pause() {
+  // The chain popped for the next frame goes back to the ring: the paused
+  // (or snapshotted) state then holds no half-done request.
+  if (rx_chain_) {
+    queue(kRxQueue).undo_pop();
+    rx_chain_.reset();
+  }
+}
+
 void NetDevice::set_rx_interest(bool on) {
   if (on == rx_interest_ || !loop_) return;
   auto r = loop_->modify(tap_.get(), on ? uint32_t{EPOLLIN} : 0u);

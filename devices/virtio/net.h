@@ -73,6 +73,7 @@ class NetDevice final : public WorkerDevice {
   NetDevice(UniqueFd tap, MacAddress mac, bool is_tap, std::string name);
   Result<void> on_activate(EventLoop& loop) override;
   void on_reset() override;
+  void on_pause() override;
   void process_queue(size_t index) override;
   void process_rx();
   void process_tx();

@@ -158,6 +158,11 @@ class Queue {
   // go to DEVICE_NEEDS_RESET.
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
 
+  // Gives back the chain the last pop() returned, so the next pop() returns
+  // it again (a device that popped a chain it cannot use yet, before a
+  // pause or snapshot). Only valid directly after a successful pop().
+  void undo_pop() { --next_avail_; }
+
   // Puts `head` back into the used ring with `len` bytes written and publishes
   // used->idx (release ordering: the element is visible before the index).
   Result<void> add_used(const GuestMemory& mem, uint16_t head, uint32_t len);

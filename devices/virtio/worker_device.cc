@@ -102,12 +102,32 @@ void WorkerDevice::reset() {
     loop_->stop();
     worker_.join();
   }
+  paused_ = false;
   if (active_.exchange(false)) on_reset();
   loop_.reset();
   queues_.clear();
   interrupt_ = nullptr;
   broken_ = false;
   for (auto& fd : queue_events_) drain_eventfd(fd.get());
+}
+
+void WorkerDevice::pause() {
+  if (paused_ || !active_.load()) return;
+  if (worker_.joinable()) {
+    loop_->stop();
+    worker_.join();
+  }
+  on_pause();
+  paused_ = true;
+}
+
+void WorkerDevice::resume() {
+  if (!paused_) return;
+  paused_ = false;
+  if (!active_.load() || inline_) return;
+  loop_->rearm();
+  for (auto& fd : queue_events_) signal_eventfd(fd.get());
+  worker_ = std::thread([this] { worker_main(); });
 }
 
 void WorkerDevice::signal_used(size_t i) {

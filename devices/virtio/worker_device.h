@@ -66,6 +66,14 @@ class WorkerDevice : public VirtioDevice {
                         InterruptFn interrupt) final;
   void reset() final;
 
+  // Quiesce: stop the worker after the request in progress (block requests
+  // are synchronous, so none stays in flight) and keep all queue state;
+  // resume() restarts it and looks at every queue once. Both are no-ops on
+  // an inactive device, and safe to repeat. Called with the vCPUs paused.
+  void pause();
+  void resume();
+  bool paused() const { return paused_; }
+
   // The eventfd for queue i (for KVM_IOEVENTFD); valid for the device's life.
   int queue_eventfd(size_t i) const { return queue_events_.at(i).get(); }
   // For a transport without ioeventfd: wakes the worker for queue i.
@@ -93,6 +101,9 @@ class WorkerDevice : public VirtioDevice {
   // --- for subclasses, on the worker thread ---
   virtual Result<void> on_activate(EventLoop& /*loop*/) { return ok(); }
   virtual void on_reset() {}
+  // On the pausing thread, after the worker stopped: hand back anything
+  // popped but not used (e.g. an RX chain waiting for a frame).
+  virtual void on_pause() {}
   virtual void process_queue(size_t index) = 0;
 
   const GuestMemory& mem() const { return *mem_; }
@@ -128,6 +139,7 @@ class WorkerDevice : public VirtioDevice {
   std::atomic<bool> active_{false};
   std::atomic<bool> broken_{false};
   bool inline_ = false;
+  bool paused_ = false;
   RateLimitedLog log_;
 };
 

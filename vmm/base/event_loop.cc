@@ -92,6 +92,11 @@ Result<void> EventLoop::run() {
   return ok();
 }
 
+void EventLoop::rearm() {
+  drain_eventfd(stop_fd_.get());
+  stopping_ = false;
+}
+
 void EventLoop::stop() {
   stopping_ = true;
   signal_eventfd(stop_fd_.get());

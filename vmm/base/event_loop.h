@@ -37,6 +37,9 @@ class EventLoop {
   Result<void> run_once(int timeout_ms);
   // Thread-safe; run() returns after the callback in progress (if any).
   void stop();
+  // After run() returned because of stop(): makes the loop runnable again
+  // (registrations are kept). Not concurrent with run().
+  void rearm();
 
  private:
   EventLoop(UniqueFd epoll, UniqueFd stop) : epoll_(std::move(epoll)), stop_fd_(std::move(stop)) {}

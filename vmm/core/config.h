@@ -38,6 +38,7 @@ struct VmConfig {
   std::vector<virtio::BlockConfig> disks;
   std::vector<virtio::NetConfig> nets;
   bool rng = false;
+  std::string api_socket;  // empty: no control socket
 };
 
 // "512M", "2G", "1048576", "64K": bytes. Refuses garbage and overflow.

@@ -23,6 +23,7 @@
 #include "devices/virtio/block.h"
 #include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
+#include "vmm/api/api_server.h"
 #include "vmm/base/event_loop.h"
 #include "vmm/base/log.h"
 #include "vmm/core/cpuid_probe.h"
@@ -490,6 +491,122 @@ void Vm::request_stop(ExitStatus status) {
   }
   stopping_ = true;
   stop_cv_.notify_all();
+  {
+    std::lock_guard lk(pause_mu_);
+    pause_cv_.notify_all();
+  }
+}
+
+const char* Vm::state_name(RunState s) {
+  switch (s) {
+    case RunState::kCreated: return "created";
+    case RunState::kRunning: return "running";
+    case RunState::kPaused: return "paused";
+    case RunState::kStopped: return "stopped";
+  }
+  return "?";
+}
+
+Vm::RunState Vm::state() const {
+  std::lock_guard lk(pause_mu_);
+  return run_state_;
+}
+
+Result<void> Vm::pause() {
+  std::unique_lock lk(pause_mu_);
+  if (run_state_ == RunState::kPaused) return ok();
+  if (run_state_ != RunState::kRunning || stopping_)
+    return make_error("the VM is {}", state_name(run_state_));
+  auto t0 = std::chrono::steady_clock::now();
+  pause_requested_ = true;
+  auto running = [this] {
+    int n = 0;
+    for (auto& v : vcpus_) n += v->started && !v->exited;
+    return n;
+  };
+  while (parked_ < running()) {
+    lk.unlock();
+    kick_all();
+    lk.lock();
+    pause_cv_.wait_for(lk, std::chrono::milliseconds(1));
+    if (stopping_) return make_error("the VM stopped while pausing");
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(5)) {
+      pause_requested_ = false;
+      pause_cv_.notify_all();
+      return make_error("vCPUs did not stop within 5 s; the VM keeps running");
+    }
+  }
+  input_paused_ = true;
+  for (auto& slot : virtio_) slot.device->pause();
+  run_state_ = RunState::kPaused;
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("paused ({:.2f} ms)", ms);
+  return ok();
+}
+
+Result<void> Vm::resume() {
+  std::unique_lock lk(pause_mu_);
+  if (run_state_ == RunState::kRunning) return ok();
+  if (run_state_ != RunState::kPaused) return make_error("the VM is {}", state_name(run_state_));
+  for (auto& slot : virtio_) slot.device->resume();
+  input_paused_ = false;
+  pause_requested_ = false;
+  run_state_ = RunState::kRunning;
+  pause_cv_.notify_all();
+  spdlog::info("resumed");
+  return ok();
+}
+
+void Vm::park(Vcpu& v) {
+  // KVM completes a pending PIO/MMIO instruction at the start of the next
+  // KVM_RUN, before it looks at immediate_exit: this run finishes it and
+  // returns at once, so the parked vCPU sits on an instruction boundary.
+  v.fd.run()->immediate_exit = 1;
+  (void)v.fd.run_once();
+  v.fd.run()->immediate_exit = 0;
+  std::unique_lock lk(pause_mu_);
+  ++parked_;
+  pause_cv_.notify_all();
+  pause_cv_.wait(lk, [this] { return !pause_requested_ || stopping_; });
+  --parked_;
+}
+
+Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::json& req) {
+  (void)req;
+  if (cmd == "status") {
+    nlohmann::json devs = nlohmann::json::array();
+    for (size_t i = 0; i < virtio_.size(); ++i) {
+      const auto& s = virtio_[i];
+      devs.push_back({{"slot", i},
+                      {"name", s.device->name()},
+                      {"mmio_base", s.base},
+                      {"irq", s.irq},
+                      {"active", s.device->active()},
+                      {"needs_reset", s.device->broken()}});
+    }
+    return nlohmann::json{{"state", state_name(state())},
+                          {"uptime_ms", ms_since_start()},
+                          {"vcpus", cfg_.cpus},
+                          {"mem_bytes", cfg_.mem_bytes},
+                          {"kernel", cfg_.kernel},
+                          {"cmdline", cmdline_},
+                          {"virtio", devs}};
+  }
+  if (cmd == "pause") {
+    VMM_CHECK(pause());
+    if (api_) api_->emit("paused");
+    return nlohmann::json::object();
+  }
+  if (cmd == "resume") {
+    VMM_CHECK(resume());
+    if (api_) api_->emit("resumed");
+    return nlohmann::json::object();
+  }
+  if (cmd == "shutdown") {
+    request_stop({kExitOk, "shutdown requested on the control socket"});
+    return nlohmann::json::object();
+  }
+  return make_error("unknown command '{}' (status, pause, resume, shutdown)", cmd);
 }
 
 void Vm::kick_all() {
@@ -518,13 +635,33 @@ ExitStatus Vm::run() {
 
   if (cfg_.serial == SerialMode::kStdio) {
     console_in_ = std::make_unique<ConsoleInput>(
-        STDIN_FILENO, [this](std::span<const uint8_t> b) { return serial_->enqueue_input(b); },
+        STDIN_FILENO,
+        [this](std::span<const uint8_t> b) -> size_t {
+          return input_paused_ ? 0 : serial_->enqueue_input(b);
+        },
         [this] { request_stop({kExitOk, "quit from the console (Ctrl-A x)"}); });
     auto r = console_in_->start();
     if (!r.ok()) spdlog::warn("console input: {}", r.error().to_string());
   }
 
+  if (!cfg_.api_socket.empty()) {
+    auto api = ApiServer::start(cfg_.api_socket, [this](const std::string& cmd,
+                                                        const nlohmann::json& req) {
+      return handle_api(cmd, req);
+    });
+    if (!api.ok()) {
+      request_stop({kExitVmmError, api.error().to_string()});
+    } else {
+      api_ = std::move(*api);
+      spdlog::info("control socket at {}", cfg_.api_socket);
+    }
+  }
+
   spdlog::debug("starting vCPUs at {:.1f} ms since VMM start", ms_since_start());
+  {
+    std::lock_guard lk(pause_mu_);
+    run_state_ = RunState::kRunning;
+  }
   for (auto& v : vcpus_) {
     Vcpu* vp = v.get();
     v->thread = std::thread([this, vp] { vcpu_loop(*vp); });
@@ -572,6 +709,11 @@ ExitStatus Vm::run() {
   // Stop every vCPU: kick until each has left KVM_RUN (a kick that lands just
   // before KVM_RUN is caught by immediate_exit; repeat anyway, it is cheap).
   stopping_ = true;
+  {
+    std::lock_guard lk(pause_mu_);
+    run_state_ = RunState::kStopped;
+    pause_cv_.notify_all();
+  }
   for (auto& v : vcpus_) {
     while (!v->exited) {
       if (v->started) pthread_kill(v->tid, kKickSignal);
@@ -592,8 +734,18 @@ ExitStatus Vm::run() {
   if (int3 || fwait)
     spdlog::info("emulation fallbacks: int3 {} fwait {}", int3, fwait);
   if (cfg_.sample_rip_ms) report_samples(true);
-  std::lock_guard lk(stop_mu_);
-  return *stop_;
+  ExitStatus result;
+  {
+    std::lock_guard lk(stop_mu_);
+    result = *stop_;
+  }
+  if (api_) {
+    api_->emit("guest-shutdown", {{"exit_code", result.code}, {"reason", result.reason}});
+    // Give connected clients a moment to read the event before the socket goes.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    api_.reset();
+  }
+  return result;
 }
 
 void Vm::vcpu_loop(Vcpu& v) {
@@ -607,6 +759,10 @@ void Vm::vcpu_loop(Vcpu& v) {
 
   if (v.index == 0) spdlog::debug("vCPU 0 entering the guest at {:.1f} ms", ms_since_start());
   while (!stopping_) {
+    if (pause_requested_.load()) {
+      park(v);
+      continue;
+    }
     int err = v.fd.run_once();
     if (err == EINTR || err == EAGAIN) {
       v.fd.run()->immediate_exit = 0;

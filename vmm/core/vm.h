@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "boot/x86_64/kernel_loader.h"
+#include <nlohmann/json.hpp>
+
 #include "devices/bus.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/worker_device.h"
@@ -32,6 +34,7 @@ class Serial16550;
 class I8042;
 class BootProbe;
 class AcpiPm;
+class ApiServer;
 
 // Process exit codes (documented in docs/cli.md).
 enum ExitCode : int {
@@ -71,6 +74,17 @@ class Vm {
   // First request wins. Safe from any thread.
   void request_stop(ExitStatus status);
 
+  // Pause: every vCPU leaves KVM_RUN at an instruction boundary (a pending
+  // PIO/MMIO read is completed first) and parks; virtio workers finish the
+  // request in progress and stop; serial input waits. Blocks until all of
+  // that is true (or fails after 5 s and leaves the VM running). Resume
+  // undoes it. Both are idempotent and safe from any thread while run() runs.
+  Result<void> pause();
+  Result<void> resume();
+  enum class RunState { kCreated, kRunning, kPaused, kStopped };
+  RunState state() const;
+  static const char* state_name(RunState s);
+
   const std::string& effective_cmdline() const { return cmdline_; }
 
  private:
@@ -99,6 +113,8 @@ class Vm {
   bool handle_emulation_failure(Vcpu& v);
   void sample_rip(Vcpu& v);
   void kick_all();
+  void park(Vcpu& v);
+  Result<nlohmann::json> handle_api(const std::string& cmd, const nlohmann::json& req);
   double ms_since_start() const;
   void report_samples(bool final_report);
 
@@ -133,6 +149,15 @@ class Vm {
   std::atomic<bool> stopping_{false};
   std::optional<std::chrono::steady_clock::time_point> panic_deadline_;
   std::string panic_reason_;
+
+  // Pause machinery (see pause()).
+  mutable std::mutex pause_mu_;
+  std::condition_variable pause_cv_;
+  std::atomic<bool> pause_requested_{false};
+  std::atomic<bool> input_paused_{false};
+  int parked_ = 0;  // vCPUs parked, pause_mu_
+  RunState run_state_ = RunState::kCreated;  // pause_mu_
+  std::unique_ptr<ApiServer> api_;
 
   std::mutex sample_mu_;
   std::map<std::string, uint64_t> samples_total_, samples_window_;

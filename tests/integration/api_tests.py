@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""KVM integration tests of the control socket (--api-socket) and vmmctl.
+Usage: api_tests.py --vmm V --vmmctl C --guest G NAME"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vmmtest import Guest, check, require_kvm  # noqa: E402
+
+TESTS = {}
+
+
+def test(fn):
+    TESTS[fn.__name__] = fn
+    return fn
+
+
+class Client:
+    """A raw control-socket client: line-delimited JSON."""
+
+    def __init__(self, path, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.s.connect(path)
+                break
+            except OSError:
+                self.s.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.s.settimeout(timeout)
+        self.buf = b""
+        self.events = []
+        self.next_id = 1
+
+    def line(self):
+        while b"\n" not in self.buf:
+            data = self.s.recv(65536)
+            if not data:
+                raise EOFError("control socket closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def send_raw(self, text):
+        self.s.sendall(text.encode() + b"\n")
+
+    def call(self, cmd, **args):
+        rid = self.next_id
+        self.next_id += 1
+        self.send_raw(json.dumps({"id": rid, "cmd": cmd, **args}))
+        return self.reply(rid)
+
+    def reply(self, rid):
+        while True:
+            msg = self.line()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            if msg.get("id") == rid:
+                return msg
+
+    def wait_event(self, name, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events:
+                if e["event"] == name:
+                    return e
+            self.s.settimeout(max(0.01, deadline - time.monotonic()))
+            msg = self.line()
+            if "event" in msg:
+                self.events.append(msg)
+
+
+def ticks(g):
+    g._pump(0.05)
+    return g.out.count(b"tick ")
+
+
+def wait_ticks(g, more, timeout=20):
+    start = ticks(g)
+    deadline = time.monotonic() + timeout
+    while ticks(g) < start + more:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {more} new ticks in {timeout}s\n{g.transcript()}")
+        g._pump(0.1)
+
+
+def pause_resume_cycle(g, c, what):
+    check(c.call("pause")["ok"], f"{what}: pause", g)
+    check(c.call("status")["state"] == "paused", f"{what}: state after pause", g)
+    g._pump(0.3)  # output already in flight
+    before = ticks(g)
+    time.sleep(1.0)
+    after = ticks(g)
+    check(after == before, f"{what}: {after - before} ticks while paused", g)
+    check(c.call("pause")["ok"], f"{what}: pause is idempotent", g)
+    check(c.call("resume")["ok"], f"{what}: resume", g)
+    check(c.call("status")["state"] == "running", f"{what}: state after resume", g)
+    wait_ticks(g, 2)
+    c.wait_event("paused")
+    c.wait_event("resumed")
+
+
+@test
+def api_pause_resume(a):
+    """A spinning guest stops printing while paused and continues after resume;
+    events arrive; bad requests get errors and the connection stays usable."""
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "vm.sock")
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock))
+        try:
+            g.expect("TESTGUEST READY")
+            c = Client(sock)
+            st = c.call("status")
+            check(st["ok"] and st["state"] == "running" and st["vcpus"] == 1, f"status {st}", g)
+            g.send("spin")
+            wait_ticks(g, 2)
+            for i in range(3):
+                pause_resume_cycle(g, c, f"cycle {i}")
+            # Hostile requests: each gets an error, the connection survives.
+            c.send_raw("this is not json")
+            r = c.line()
+            check(r["ok"] is False and "JSON" in r["error"], f"garbage: {r}", g)
+            c.send_raw('{"id": 5}')
+            r = c.line()
+            check(r["ok"] is False and r["id"] == 5, f"no cmd: {r}", g)
+            r = c.call("frobnicate")
+            check(r["ok"] is False and "unknown command" in r["error"], f"unknown: {r}", g)
+            c.send_raw("[1, 2, 3]")
+            check(c.line()["ok"] is False, "array request", g)
+            # A second client sees events too; shutdown ends the VMM with 0.
+            c2 = Client(sock)
+            check(c2.call("shutdown")["ok"], "shutdown", g)
+            e = c.wait_event("guest-shutdown")
+            check(e["exit_code"] == 0, f"guest-shutdown event {e}", g)
+            rc = g.wait()
+            check(rc == 0, f"exit code {rc} after shutdown", g)
+            check(not os.path.exists(sock), "socket file left behind", g)
+        finally:
+            g.kill()
+
+
+@test
+def api_pause_two_vcpus(a):
+    """Pause parks every vCPU, including an AP brought up by the guest."""
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "vm.sock")
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock, "--cpus", "2"))
+        try:
+            g.expect("TESTGUEST READY")
+            check(g.command("smp", "smp ", timeout=30) == "smp 2", "AP bring-up", g)
+            c = Client(sock)
+            g.send("spin")
+            wait_ticks(g, 2)
+            pause_resume_cycle(g, c, "2 vCPUs")
+            check(c.call("shutdown")["ok"], "shutdown", g)
+            check(g.wait() == 0, "exit code", g)
+        finally:
+            g.kill()
+
+
+@test
+def vmmctl_cli(a):
+    """vmmctl: exit codes and output."""
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "vm.sock")
+        missing = subprocess.run([a.vmmctl, "-s", os.path.join(d, "nope"), "status"],
+                                 capture_output=True, text=True, timeout=10)
+        check(missing.returncode == 3 and "cannot connect" in missing.stderr,
+              f"no socket: rc={missing.returncode} {missing.stderr}")
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock))
+        try:
+            g.expect("TESTGUEST READY")
+            Client(sock)  # waits for the socket
+            run = lambda *args: subprocess.run([a.vmmctl, "-s", sock, *args],  # noqa: E731
+                                               capture_output=True, text=True, timeout=10)
+            st = run("status", "--compact")
+            check(st.returncode == 0 and json.loads(st.stdout)["state"] == "running",
+                  f"status: {st.returncode} {st.stdout} {st.stderr}", g)
+            check(run("pause").returncode == 0, "pause", g)
+            check(json.loads(run("status").stdout)["state"] == "paused", "paused", g)
+            check(run("resume").returncode == 0, "resume", g)
+            bad = run("raw", '{"cmd": "nonesuch"}')
+            check(bad.returncode == 1 and "unknown command" in bad.stderr,
+                  f"refused command: {bad.returncode} {bad.stderr}", g)
+            check(run("frob").returncode == 2, "usage error", g)
+            check(run("raw", "not json").returncode == 2, "bad raw request", g)
+            check(run("shutdown").returncode == 0, "shutdown", g)
+            check(g.wait() == 0, "exit code", g)
+        finally:
+            g.kill()
+
+
+@test
+def api_socket_errors(a):
+    """An --api-socket path that is a regular file is refused; the VMM exits 1
+    with a reason (before running the guest)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "file")
+        open(path, "w").close()
+        p = subprocess.run([a.vmm, "--kernel", a.guest, "--serial", "none", "--api-socket", path],
+                           capture_output=True, text=True, timeout=30)
+        check(p.returncode == 1 and "not a socket" in p.stderr, f"rc={p.returncode} {p.stderr}")
+        check(os.path.exists(path), "the regular file was removed")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm", required=True)
+    ap.add_argument("--vmmctl", required=True)
+    ap.add_argument("--guest", required=True)
+    ap.add_argument("name", choices=sorted(TESTS))
+    a = ap.parse_args()
+    require_kvm()
+    TESTS[a.name](a)
+    print(f"PASS {a.name}")
+
+
+if __name__ == "__main__":
+    main()
