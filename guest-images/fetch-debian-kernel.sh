@@ -35,8 +35,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 META_PKG=linux-image-cloud-amd64
 # Modules the initramfs loads (module names, as in lsmod); their dependencies
-# are added automatically.
-WANT_MODULES=(virtio virtio_ring virtio_mmio virtio_blk virtio_net net_failover failover virtio_rng)
+# (modinfo -F depends, what depmod writes to modules.dep) are added
+# automatically. ext4 (and with it jbd2, mbcache, crc16, crc32c) is built
+# into Debian's cloud kernel; it is listed so that modules.load records that,
+# and so that a kernel which builds it as a module gets it bundled.
+WANT_MODULES=(virtio virtio_ring virtio_mmio virtio_blk virtio_net net_failover failover virtio_rng ext4)
 OUT=$CACHE/kernel/debian
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; }

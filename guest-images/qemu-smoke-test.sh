@@ -11,8 +11,9 @@
 #   --image    vmlinux (default: PVH entry, as our VMM does) or bzImage
 #   --smp N    vCPUs (default 2: exercises the MP table / SMP bring-up)
 #
-# Machine: QEMU microvm with virtio-blk, virtio-net and virtio-rng on
-# virtio-mmio. minimal: acpi=off, QEMU passes the devices as
+# Machine: QEMU microvm with virtio-blk (an ext4 image from
+# make-disk-image.sh, mounted read-only and data.bin's sha256 checked),
+# virtio-net and virtio-rng on virtio-mmio. minimal: acpi=off, QEMU passes the devices as
 # virtio_mmio.device= on the command line (as our VMM does); debian: acpi=on,
 # because Debian's virtio_mmio lacks command-line device support. The boot
 # probe's exit register is emulated with isa-debug-exit at port 0x4f4
@@ -70,7 +71,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-truncate -s 8M "$RUN/disk.raw"
+DATA_SUM=$("$HERE/make-disk-image.sh" "$RUN/disk.raw" --size 16M --data-size 1M 2>/dev/null |
+  sed -n 's/  data\.bin$//p')
+[[ $DATA_SUM =~ ^[0-9a-f]{64}$ ]] || die "make-disk-image.sh failed"
 mkfifo "$RUN/in"
 exec 3<>"$RUN/in"
 
@@ -106,7 +109,7 @@ log "VMM-GUEST-READY after $((SECONDS - start)) s (wall clock, TCG)"
 sleep 2   # let the shell print its prompt
 # shellcheck disable=SC2016  # the guest shell expands these
 printf '%s\n' \
-  'echo SMOKE-BEGIN; uname -r; grep -c ^processor /proc/cpuinfo; ls /sys/block /sys/class/net; cat /sys/class/misc/hw_random/rng_current 2>/dev/null; ls /dev/port /dev/mem; echo probe-mmio-read: $(devmem 0xd0000004 32); sleep 1 & jobs; echo SMOKE-$((6*7))' >&3
+  'echo SMOKE-BEGIN; uname -r; grep -c ^processor /proc/cpuinfo; ls /sys/block /sys/class/net; cat /sys/class/misc/hw_random/rng_current 2>/dev/null; ls /dev/port /dev/mem; echo probe-mmio-read: $(devmem 0xd0000004 32); mount -t ext4 -o ro /dev/vda /mnt && sha256sum /mnt/data.bin && umount /mnt; sleep 1 & jobs; echo SMOKE-$((6*7))' >&3
 wait_for SMOKE-42 60 || { tail -n 30 "$LOG" >&2; die "shell did not run the test commands"; }
 sleep 1
 printf 'poweroff\n' >&3
@@ -121,6 +124,7 @@ QPID=
 sed -n '/SMOKE-BEGIN/,/SMOKE-42/p' "$LOG" | tr -d '\r' | sed 's/^/    /' >&2
 fail=0
 grep -qa 'vda' "$LOG" || { log "FAIL: no virtio-blk disk (vda)"; fail=1; }
+grep -qa "$DATA_SUM  /mnt/data.bin" "$LOG" || { log "FAIL: ext4 on vda: data.bin missing or wrong sha256"; fail=1; }
 grep -qa 'eth0' "$LOG" || { log "FAIL: no virtio-net interface (eth0)"; fail=1; }
 grep -qa 'virtio_rng' "$LOG" || { log "FAIL: virtio-rng is not the current hwrng"; fail=1; }
 grep -qa 'exit request failed' "$LOG" && { log "FAIL: the guest could not write the exit request"; fail=1; }
@@ -135,5 +139,5 @@ else
   ((rc == 1)) || { log "FAIL: QEMU exit status $rc, want 1 (= exit code 0 written to port 0x4f4)"; fail=1; }
 fi
 ((fail == 0)) || die "smoke test failed; serial log: $LOG"
-log "PASS ($VARIANT/$IMAGE): ready, shell, vda, eth0, virtio_rng, poweroff -> exit request; $((SECONDS - start)) s"
+log "PASS ($VARIANT/$IMAGE): ready, shell, vda + ext4 data.bin, eth0, virtio_rng, poweroff -> exit request; $((SECONDS - start)) s"
 echo "$LOG"

@@ -17,8 +17,10 @@ def require_kvm():
 class Guest:
     """A running vmm process whose serial console is our pipe."""
 
-    def __init__(self, vmm, kernel, args=(), log_level="info"):
-        self.cmd = [vmm, "--kernel", kernel, "--serial", "stdio", "--log-level", log_level, *args]
+    def __init__(self, vmm, kernel, args=(), log_level="info", wrapper=()):
+        # wrapper: a command prefix that execs the vmm, e.g. ("ip", "netns", "exec", NS).
+        self.cmd = [*wrapper, vmm, "--kernel", kernel, "--serial", "stdio", "--log-level",
+                    log_level, *args]
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.out = b""
