@@ -9,7 +9,9 @@ PKGS=(
   libfmt-dev libspdlog-dev libcli11-dev libgtest-dev libfdt-dev nlohmann-json3-dev liburing-dev
   # guest images (guest-images/*.sh)
   busybox-static cpio lz4 xz-utils zstd linux-source-6.1 flex bison bc libelf-dev libssl-dev
-  kmod e2fsprogs
+  kmod e2fsprogs openssl
+  # e2e tests: network namespace + TAP for the virtio-net test
+  iproute2
   # benchmarks (tools/bench): the peer VMM
   qemu-system-x86
 )
