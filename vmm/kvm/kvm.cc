@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
@@ -27,12 +28,43 @@ struct MsrsHeader {
 struct MsrListHeader {
   uint32_t nmsrs;
 };
+// kvm_xsave is 4096 bytes of region[] then the flexible extra[] (4100 in C++).
+struct XsaveHeader {
+  uint32_t region[1024];
+};
 static_assert(sizeof(Cpuid2Header) == 8 && sizeof(MsrsHeader) == 8 && sizeof(MsrListHeader) == 4);
+static_assert(sizeof(XsaveHeader) == 4096);
 static_assert(sizeof(kvm_cpuid_entry2) == 40 && sizeof(kvm_msr_entry) == 16);
 constexpr unsigned long kIoctlGetSupportedCpuid = _IOWR(KVMIO, 0x05, Cpuid2Header);
 constexpr unsigned long kIoctlSetCpuid2 = _IOW(KVMIO, 0x90, Cpuid2Header);
+constexpr unsigned long kIoctlGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
 constexpr unsigned long kIoctlGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
+constexpr unsigned long kIoctlGetXsave = _IOR(KVMIO, 0xa4, XsaveHeader);
+constexpr unsigned long kIoctlSetXsave = _IOW(KVMIO, 0xa5, XsaveHeader);
+constexpr unsigned long kIoctlGetXsave2 = _IOR(KVMIO, 0xcf, XsaveHeader);
+// The fixed-size state structs have the same layout in C and C++; their
+// sizes (as a C compiler sees them) are part of the ioctl numbers.
+static_assert(sizeof(kvm_irqchip) == 520 && sizeof(kvm_pit_state2) == 112 &&
+              sizeof(kvm_clock_data) == 48 && sizeof(kvm_xcrs) == 392 &&
+              sizeof(kvm_debugregs) == 128 && sizeof(kvm_lapic_state) == 1024 &&
+              sizeof(kvm_vcpu_events) == 64 && sizeof(kvm_mp_state) == 4);
+// KVM refuses KVM_GET/SET_MSRS with 256 or more entries (MAX_IO_MSRS).
+constexpr size_t kMsrBatch = 128;
+
+// One KVM_GET_MSRS or KVM_SET_MSRS call (at most kMsrBatch entries): returns
+// how many leading entries KVM processed, or -1 with errno.
+int msrs_ioctl(int fd, unsigned long req, std::span<kvm_msr_entry> entries) {
+  std::vector<uint8_t> buf(sizeof(MsrsHeader) + entries.size_bytes());
+  reinterpret_cast<MsrsHeader*>(buf.data())->nmsrs = static_cast<uint32_t>(entries.size());
+  if (!entries.empty()) std::memcpy(buf.data() + sizeof(MsrsHeader), entries.data(), entries.size_bytes());
+  int r = ::ioctl(fd, req, buf.data());
+  if (r > 0) {
+    size_t n = std::min(static_cast<size_t>(r), entries.size());
+    std::memcpy(entries.data(), buf.data() + sizeof(MsrsHeader), n * sizeof(kvm_msr_entry));
+  }
+  return r;
+}
 
 // KVM ioctls whose argument is a struct: one helper for the errno message.
 template <typename T>
@@ -190,7 +222,28 @@ Result<VcpuFd> VmFd::create_vcpu(int id) {
   UniqueFd owned(fd);
   VMM_TRY(auto run, MmapRegion::map(nullptr, static_cast<size_t>(vcpu_mmap_size_),
                                     PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-  return VcpuFd(std::move(owned), std::move(run));
+  return VcpuFd(std::move(owned), std::move(run), xsave_size());
+}
+
+Result<kvm_irqchip> VmFd::get_irqchip(uint32_t chip_id) const {
+  kvm_irqchip c{};
+  c.chip_id = chip_id;
+  if (::ioctl(fd_.get(), KVM_GET_IRQCHIP, &c) < 0) return errno_error("KVM_GET_IRQCHIP chip {}", chip_id);
+  return c;
+}
+Result<void> VmFd::set_irqchip(const kvm_irqchip& chip) {
+  if (::ioctl(fd_.get(), KVM_SET_IRQCHIP, &chip) < 0)
+    return errno_error("KVM_SET_IRQCHIP chip {}", chip.chip_id);
+  return ok();
+}
+Result<kvm_pit_state2> VmFd::get_pit2() const { return ioctl_get<kvm_pit_state2>(fd_.get(), KVM_GET_PIT2, "KVM_GET_PIT2"); }
+Result<void> VmFd::set_pit2(const kvm_pit_state2& pit) { return ioctl_set(fd_.get(), KVM_SET_PIT2, pit, "KVM_SET_PIT2"); }
+Result<kvm_clock_data> VmFd::get_clock() const { return ioctl_get<kvm_clock_data>(fd_.get(), KVM_GET_CLOCK, "KVM_GET_CLOCK"); }
+Result<void> VmFd::set_clock(const kvm_clock_data& clock) { return ioctl_set(fd_.get(), KVM_SET_CLOCK, clock, "KVM_SET_CLOCK"); }
+
+size_t VmFd::xsave_size() const {
+  int r = check_extension(KVM_CAP_XSAVE2);
+  return r > static_cast<int>(sizeof(XsaveHeader)) ? static_cast<size_t>(r) : sizeof(XsaveHeader);
 }
 
 int VcpuFd::run_once() {
@@ -221,13 +274,76 @@ Result<void> VcpuFd::set_cpuid2(const CpuidTable& table) {
 }
 
 Result<void> VcpuFd::set_msrs(std::span<const kvm_msr_entry> entries) {
-  std::vector<uint8_t> buf(sizeof(MsrsHeader) + entries.size() * sizeof(kvm_msr_entry));
-  reinterpret_cast<MsrsHeader*>(buf.data())->nmsrs = static_cast<uint32_t>(entries.size());
-  std::memcpy(buf.data() + sizeof(MsrsHeader), entries.data(), entries.size_bytes());
-  int r = ::ioctl(fd_.get(), kIoctlSetMsrs, buf.data());
-  if (r < 0) return errno_error("KVM_SET_MSRS");
-  if (static_cast<size_t>(r) != entries.size())
-    return make_error("KVM_SET_MSRS: MSR {:#x} refused", entries[static_cast<size_t>(r)].index);
+  std::vector<kvm_msr_entry> copy(entries.begin(), entries.end());
+  for (size_t pos = 0; pos < copy.size(); pos += kMsrBatch) {
+    std::span<kvm_msr_entry> batch(copy.data() + pos, std::min(kMsrBatch, copy.size() - pos));
+    int r = msrs_ioctl(fd_.get(), kIoctlSetMsrs, batch);
+    if (r < 0) return errno_error("KVM_SET_MSRS");
+    if (static_cast<size_t>(r) != batch.size())
+      return make_error("KVM_SET_MSRS: MSR {:#x} refused", batch[static_cast<size_t>(r)].index);
+  }
+  return ok();
+}
+
+Result<std::vector<kvm_msr_entry>> VcpuFd::get_msrs(std::span<const uint32_t> indices) const {
+  std::vector<uint32_t> refused;
+  VMM_TRY(auto entries, get_msrs_available(indices, &refused));
+  if (!refused.empty())
+    return make_error("KVM_GET_MSRS: MSR {:#x} refused ({} of {} unreadable)", refused.front(),
+                      refused.size(), indices.size());
+  return entries;
+}
+
+Result<std::vector<kvm_msr_entry>> VcpuFd::get_msrs_available(
+    std::span<const uint32_t> indices, std::vector<uint32_t>* refused) const {
+  std::vector<kvm_msr_entry> out;
+  out.reserve(indices.size());
+  size_t pos = 0;
+  while (pos < indices.size()) {
+    size_t n = std::min(kMsrBatch, indices.size() - pos);
+    std::vector<kvm_msr_entry> batch(n);
+    for (size_t i = 0; i < n; ++i) batch[i].index = indices[pos + i];
+    int r = msrs_ioctl(fd_.get(), kIoctlGetMsrs, batch);
+    if (r < 0) return errno_error("KVM_GET_MSRS");
+    auto got = std::min(static_cast<size_t>(r), n);
+    out.insert(out.end(), batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(got));
+    pos += got;
+    if (got < n) {  // KVM stops at the first MSR it cannot read: skip it
+      if (refused != nullptr) refused->push_back(indices[pos]);
+      ++pos;
+    }
+  }
+  return out;
+}
+
+Result<std::vector<uint8_t>> VcpuFd::get_xsave() const {
+  // KVM_GET_XSAVE2 writes xsave_size_ bytes; KVM_GET_XSAVE 4096.
+  bool v2 = xsave_size_ > sizeof(XsaveHeader);
+  std::vector<uint8_t> buf(v2 ? xsave_size_ : sizeof(XsaveHeader));
+  if (::ioctl(fd_.get(), v2 ? kIoctlGetXsave2 : kIoctlGetXsave, buf.data()) < 0)
+    return errno_error("{}", v2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE");
+  return buf;
+}
+
+Result<void> VcpuFd::set_xsave(std::span<const uint8_t> area) {
+  if (area.size() > xsave_size_)
+    return make_error("KVM_SET_XSAVE: a {}-byte XSAVE area does not fit this host's {} bytes",
+                      area.size(), xsave_size_);
+  // KVM reads the vCPU's whole uabi size (<= xsave_size_) from the buffer.
+  std::vector<uint8_t> buf(xsave_size_);
+  if (!area.empty()) std::memcpy(buf.data(), area.data(), area.size());
+  if (::ioctl(fd_.get(), kIoctlSetXsave, buf.data()) < 0) return errno_error("KVM_SET_XSAVE");
+  return ok();
+}
+
+Result<kvm_xcrs> VcpuFd::get_xcrs() const { return ioctl_get<kvm_xcrs>(fd_.get(), KVM_GET_XCRS, "KVM_GET_XCRS"); }
+Result<void> VcpuFd::set_xcrs(const kvm_xcrs& x) { return ioctl_set(fd_.get(), KVM_SET_XCRS, x, "KVM_SET_XCRS"); }
+Result<kvm_debugregs> VcpuFd::get_debugregs() const { return ioctl_get<kvm_debugregs>(fd_.get(), KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS"); }
+Result<void> VcpuFd::set_debugregs(const kvm_debugregs& d) { return ioctl_set(fd_.get(), KVM_SET_DEBUGREGS, d, "KVM_SET_DEBUGREGS"); }
+
+Result<void> VcpuFd::set_tsc_khz(uint32_t khz) {
+  if (::ioctl(fd_.get(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(khz)) < 0)
+    return errno_error("KVM_SET_TSC_KHZ {}", khz);
   return ok();
 }
 

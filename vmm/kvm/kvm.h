@@ -4,6 +4,7 @@
 
 #include <linux/kvm.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -67,6 +68,23 @@ class VmFd {
   Result<void> ioeventfd_mmio(uint64_t addr, uint32_t len, int fd, uint64_t datamatch);
   Result<VcpuFd> create_vcpu(int id);
 
+  // ---- VM-wide state for snapshot/restore (needs create_irqchip/create_pit2).
+  // KVM_GET/SET_IRQCHIP; chip_id is KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or
+  // _IOAPIC (set_irqchip restores the chip named by chip.chip_id).
+  Result<kvm_irqchip> get_irqchip(uint32_t chip_id) const;
+  Result<void> set_irqchip(const kvm_irqchip& chip);
+  Result<kvm_pit_state2> get_pit2() const;
+  Result<void> set_pit2(const kvm_pit_state2& pit);
+  // kvmclock. KVM_GET_CLOCK fills flags (KVM_CLOCK_TSC_STABLE, and on newer
+  // kernels KVM_CLOCK_REALTIME/HOST_TSC with realtime/host_tsc). KVM_SET_CLOCK
+  // with KVM_CLOCK_REALTIME set advances the clock by the wall time elapsed
+  // since `realtime`; clear that flag to restore `clock` as it was.
+  Result<kvm_clock_data> get_clock() const;
+  Result<void> set_clock(const kvm_clock_data& clock);
+  // Bytes of a vCPU's XSAVE buffer: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on
+  // this VM (at least 4096), or 4096 when KVM has no XSAVE2.
+  size_t xsave_size() const;
+
  private:
   UniqueFd fd_;
   int vcpu_mmap_size_;
@@ -74,7 +92,8 @@ class VmFd {
 
 class VcpuFd {
  public:
-  VcpuFd(UniqueFd fd, MmapRegion run) : fd_(std::move(fd)), run_(std::move(run)) {}
+  VcpuFd(UniqueFd fd, MmapRegion run, size_t xsave_size = 4096)
+      : fd_(std::move(fd)), run_(std::move(run)), xsave_size_(xsave_size) {}
   int fd() const { return fd_.get(); }
   kvm_run* run() const { return reinterpret_cast<kvm_run*>(run_.data()); }
 
@@ -97,12 +116,38 @@ class VcpuFd {
   Result<void> set_mp_state(const kvm_mp_state& s);
   // KVM_GET_TSC_KHZ: the guest TSC frequency.
   Result<uint32_t> get_tsc_khz() const;
+  // KVM_SET_TSC_KHZ: scales the guest TSC (needs KVM_CAP_TSC_CONTROL unless
+  // khz is the host's rate).
+  Result<void> set_tsc_khz(uint32_t khz);
+
+  // ---- per-vCPU state for snapshot/restore.
+  // KVM_GET_MSRS for `indices` (in batches); fails naming the first MSR KVM
+  // refuses to read. Entries come back in the order asked.
+  Result<std::vector<kvm_msr_entry>> get_msrs(std::span<const uint32_t> indices) const;
+  // Like get_msrs, but skips the MSRs KVM refuses (those in
+  // KvmSystem::msr_index_list() the vCPU's CPUID does not enable), appending
+  // their indices to *refused when it is not null.
+  Result<std::vector<kvm_msr_entry>> get_msrs_available(std::span<const uint32_t> indices,
+                                                        std::vector<uint32_t>* refused) const;
+  // The XSAVE area, xsave_size() bytes (layout per host CPUID leaf 0xD):
+  // KVM_GET_XSAVE2 when that is over 4096 (dynamic features such as AMX
+  // enabled), else KVM_GET_XSAVE.
+  Result<std::vector<uint8_t>> get_xsave() const;
+  // KVM_SET_XSAVE. `area` may be shorter than xsave_size() (zero-padded: its
+  // XSAVE header says which components are present) but not longer.
+  Result<void> set_xsave(std::span<const uint8_t> area);
+  size_t xsave_size() const { return xsave_size_; }
+  Result<kvm_xcrs> get_xcrs() const;
+  Result<void> set_xcrs(const kvm_xcrs& x);
+  Result<kvm_debugregs> get_debugregs() const;
+  Result<void> set_debugregs(const kvm_debugregs& d);
   // Guest virtual -> guest physical through the vCPU's current page tables.
   Result<uint64_t> translate(uint64_t gva) const;
 
  private:
   UniqueFd fd_;
   MmapRegion run_;
+  size_t xsave_size_;
 };
 
 }  // namespace vmm

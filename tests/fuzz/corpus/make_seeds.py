@@ -233,3 +233,59 @@ def rng_seed():
 
 
 out("fuzz_virtio", "rng", rng_seed())
+
+
+# ---------------------------------------------------------------- snapshot --
+# fuzz_snapshot: state files (vmm/snapshot/state_file.h) and bare state trees
+# (vmm/snapshot/state_tree.h), written here from the format description.
+
+SECTION, U8, U16, U32, U64, I64, BOOL, BYTES, STRING = range(1, 10)
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def tlv(kind, name, value):
+    name = name.encode()
+    return struct.pack("<BB", kind, len(name)) + name + struct.pack("<I", len(value)) + value
+
+
+def state_file(header, payload, version=1):
+    body = b"VMMSTATE" + struct.pack("<IIIQ", version, 0, len(header), len(payload))
+    body += header + payload
+    return body + struct.pack("<I", crc32c(body))
+
+
+def snapshot_seeds():
+    t = "fuzz_snapshot"
+    header = (tlv(STRING, "vmm_version", b"0.1.0") + tlv(STRING, "cpu_template", b"host")
+              + tlv(U64, "created_unix", struct.pack("<Q", 1700000000))
+              + tlv(SECTION, "config", tlv(STRING, "memory", b"536870912")
+                    + tlv(STRING, "vcpus", b"2")))
+    serial = tlv(SECTION, "serial0", tlv(U8, "dll", b"\x0c") + tlv(U8, "lcr", b"\x03")
+                 + tlv(BOOL, "thr_ipending", b"\x01") + tlv(BYTES, "rx_fifo", b"hi\n"))
+    queue = tlv(SECTION, "queue1", tlv(U16, "size", struct.pack("<H", 256))
+                + tlv(U16, "next_avail", struct.pack("<H", 7)) + tlv(BOOL, "ready", b"\x01"))
+    virtio = tlv(SECTION, "virtio0", tlv(U32, "status", struct.pack("<I", 15))
+                 + tlv(U64, "features", struct.pack("<Q", 1 << 32)) + queue)
+    vcpu = tlv(SECTION, "vcpu0", tlv(SECTION, "regs", tlv(BYTES, "regs", bytes(range(144))))
+               + tlv(I64, "tsc_offset", struct.pack("<q", -5))
+               + tlv(STRING, "mp_state", b"runnable"))
+    payload = serial + virtio + vcpu + tlv(U64, "clock", struct.pack("<Q", 123456789))
+    out(t, "state-file", state_file(header, payload))
+    out(t, "state-file-empty", state_file(header, b""))
+    out(t, "state-file-future", state_file(header, payload, version=2))
+    out(t, "tree", payload)
+    deep = tlv(U8, "v", b"\x01")
+    for _ in range(16):
+        deep = tlv(SECTION, "d", deep)
+    out(t, "tree-deep", deep)
+
+
+snapshot_seeds()
