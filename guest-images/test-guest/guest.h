@@ -120,6 +120,10 @@ void cmd_netsend(const char *arg);
 void cmd_netecho(const char *arg);
 void cmd_vbad(const char *arg);
 void cmd_vreset(const char *arg);
+void cmd_blkbench(const char *arg);
+void cmd_netbench(const char *arg);
+void cmd_benchirq(const char *arg);
+void cmd_mmiobench(const char *arg);
 
 /* sha256.c */
 struct sha256 {

@@ -312,6 +312,14 @@ static void cmd_spin(const char *arg) {
   }
 }
 
+static void cmd_tsc(const char *arg) {
+  (void)arg;
+  uint64_t t = rdtsc(); /* first, so the printing does not count */
+  con_puts("TSC ");
+  con_dec(t);
+  con_putc('\n');
+}
+
 static const struct {
   const char *name;
   void (*fn)(const char *arg);
@@ -325,6 +333,8 @@ static const struct {
     {"blkwrite", cmd_blkwrite}, {"blkflush", cmd_blkflush}, {"blkid", cmd_blkid},
     {"rng", cmd_rng},         {"netinfo", cmd_netinfo}, {"netsend", cmd_netsend},
     {"netecho", cmd_netecho}, {"vbad", cmd_vbad},       {"vreset", cmd_vreset},
+    {"blkbench", cmd_blkbench}, {"netbench", cmd_netbench}, {"benchirq", cmd_benchirq},
+    {"mmiobench", cmd_mmiobench}, {"tsc", cmd_tsc},
 };
 
 #define LINE_MAX 128

@@ -5,8 +5,8 @@
  * the used ring (TSC-bounded), then acknowledges InterruptStatus.
  *
  * One request is in flight per queue at a time (except the network receive
- * queue, which is kept full of buffers), so descriptors 0..2 are reused for
- * every request. Rings and data buffers live in .bss.noinit (the entry code
+ * queue, which is kept full of buffers, and the benchmark commands), so
+ * descriptors 0..2 are reused for every request. Rings and data buffers live in .bss.noinit (the entry code
  * does not clear it; everything is initialized here before use). Guest
  * physical == virtual (identity map), and everything is below 4 GiB.
  * Protocol: README.md. */
@@ -150,7 +150,10 @@ struct vdev {
 
 static struct vq_mem vq_mem[MAX_VDEVS][MAX_QUEUES] NOINIT;
 static struct vdev vdevs[MAX_VDEVS] NOINIT;
-static uint8_t blk_data[BLK_MAX_REQ] __attribute__((aligned(4096))) NOINIT;
+/* Block data: BLK_MAX_REQ for the plain commands; blkbench uses all of it
+ * (BENCH_MAX_REQ: its requests are up to 128 KiB). */
+#define BENCH_MAX_REQ (128u * 1024)
+static uint8_t blk_data[BENCH_MAX_REQ] __attribute__((aligned(4096))) NOINIT;
 static uint8_t net_rx[QSIZE_MAX][NET_RX_BUF + 2] __attribute__((aligned(64))) NOINIT;
 static uint8_t net_tx[ETH_MAX] __attribute__((aligned(64))) NOINIT;
 static uint8_t rng_buf[RNG_MAX] NOINIT;
@@ -765,6 +768,388 @@ static void netecho_u(const char *arg) {
   con_putc('\n');
 }
 
+/* --- Benchmarks: blkbench, netbench, benchirq (README "Benchmark commands") ---
+ * Requests back to back, several in flight, no hashing, timed with the TSC.
+ * Like an interrupt-driven driver, these honour VRING_USED_F_NO_NOTIFY (no
+ * kick while the device says it is still processing) and, in the default
+ * "ack" mode, read InterruptStatus once per batch of completions and
+ * acknowledge it; "benchirq off" instead sets VRING_AVAIL_F_NO_INTERRUPT and
+ * never touches InterruptStatus (pure polling). */
+#define AVAIL_F_NO_INTERRUPT 1
+#define USED_F_NO_NOTIFY 1
+#define BENCH_MAX_DEPTH 5 /* 3 descriptors per request, 16-entry queue */
+#define BENCH_MAX_REQ_SECTORS (BENCH_MAX_REQ / SECTOR)
+static uint8_t bench_tx[NET_HDR + ETH_MAX] __attribute__((aligned(64))) NOINIT;
+static struct {
+  uint32_t type;
+  uint32_t reserved;
+  uint64_t sector;
+} bench_hdr[BENCH_MAX_DEPTH];
+static volatile uint8_t bench_status[BENCH_MAX_DEPTH];
+static bool bench_noirq; /* benchirq off */
+
+struct bench_stats {
+  uint64_t kicks; /* QueueNotify writes */
+  uint64_t isr;   /* InterruptStatus reads that were not 0 (each then acknowledged) */
+};
+
+static inline void mfence(void) { __asm__ volatile("mfence" : : : "memory"); }
+
+/* After publishing: notify unless the device asked for no notifications. The
+ * fence orders our avail->idx store before the load of used->flags (the
+ * device re-checks avail after clearing the flag). */
+static void bench_kick(struct vdev *d, unsigned qi, struct bench_stats *st) {
+  mfence();
+  if (*(volatile uint16_t *)&d->q[qi].m->used.flags & USED_F_NO_NOTIFY) return;
+  mw32(d, VM_QUEUE_NOTIFY, qi);
+  st->kicks++;
+}
+
+static void bench_ack(struct vdev *d, struct bench_stats *st) {
+  if (bench_noirq) return;
+  uint32_t isr = mr32(d, VM_INTERRUPT_STATUS);
+  if (isr) {
+    mw32(d, VM_INTERRUPT_ACK, isr);
+    st->isr++;
+  }
+}
+
+static void bench_set_irq(struct vq *q, bool noirq) {
+  *(volatile uint16_t *)&q->m->avail.flags = noirq ? AVAIL_F_NO_INTERRUPT : 0;
+  mfence();
+}
+
+/* Waits (bounded) until the device has used something on q. */
+static bool bench_wait_used(const struct vq *q) {
+  uint64_t end = deadline_ms(REQ_TIMEOUT_MS);
+  while (!vq_has_used(q)) {
+    if (rdtsc() > end) return false;
+    cpu_pause();
+  }
+  barrier();
+  return true;
+}
+
+/* "<name> timeout done=.. submitted=.. avail=.. used=.. used_flags=0x.. status=0x..":
+ * what the driver and the rings looked like when a benchmark gave up. */
+static void bench_timeout(const char *name, const struct vdev *d, const struct vq *q,
+                          uint64_t done, uint64_t submitted) {
+  con_puts(name);
+  con_puts(" timeout done=");
+  con_dec(done);
+  con_puts(" submitted=");
+  con_dec(submitted);
+  con_puts(" avail=");
+  con_dec(*(volatile uint16_t *)&q->m->avail.idx);
+  con_puts(" used=");
+  con_dec(*(volatile uint16_t *)&q->m->used.idx);
+  con_puts(" used_flags=0x");
+  con_hex(*(volatile uint16_t *)&q->m->used.flags);
+  con_puts(" status=0x");
+  con_hex(mr32(d, VM_STATUS));
+  con_putc('\n');
+}
+
+static void bench_result(const char *prefix, uint64_t n, const char *unit, uint64_t cycles,
+                         const struct bench_stats *st) {
+  con_puts(prefix);
+  con_puts(unit);
+  con_dec(n);
+  con_puts(" cycles=");
+  con_dec(cycles);
+  con_puts(" kicks=");
+  con_dec(st->kicks);
+  con_puts(" isr=");
+  con_dec(st->isr);
+  con_putc('\n');
+}
+
+static uint64_t blk_capacity(const struct vdev *d) {
+  uint32_t gen, lo, hi;
+  do { /* a u64: two 32-bit reads, consistent per ConfigGeneration */
+    gen = mr32(d, VM_CONFIG_GENERATION);
+    lo = mr32(d, VM_CONFIG);
+    hi = mr32(d, VM_CONFIG + 4);
+  } while (gen != mr32(d, VM_CONFIG_GENERATION));
+  return (uint64_t)hi << 32 | lo;
+}
+
+/* Request positions, in units of the request size: sequential (wrapping at
+ * the end of the disk) or uniformly random (xorshift64 with a fixed seed, so
+ * every run and every VMM sees the same offsets). */
+struct bench_pos {
+  bool rnd;
+  uint64_t x;     /* xorshift64 state */
+  uint64_t next;  /* sequential: next position */
+  uint64_t count; /* request-aligned positions on the disk */
+};
+
+static uint64_t bench_next_pos(struct bench_pos *p) {
+  if (p->rnd) {
+    p->x ^= p->x << 13;
+    p->x ^= p->x >> 7;
+    p->x ^= p->x << 17;
+    return p->x % p->count;
+  }
+  uint64_t pos = p->next;
+  p->next = pos + 1 == p->count ? 0 : pos + 1;
+  return pos;
+}
+
+/* Slot s (descriptors 3s..3s+2, set up by blkbench_u) at the next position. */
+static void blkbench_submit(struct vq *q, unsigned s, struct bench_pos *p, uint64_t req,
+                            bool *busy) {
+  bench_hdr[s].sector = bench_next_pos(p) * req;
+  bench_status[s] = 0xff;
+  busy[s] = true;
+  vq_publish(q, (uint16_t)(3 * s));
+}
+
+/* blkbench <r|w> <total_sectors> <req_sectors> <seq|rand> [depth [dev]] */
+static void blkbench_u(const char *arg) {
+  char w[6][24];
+  unsigned n = split_args(arg, w, 6);
+  uint64_t total, req, depth = 1, dev = 0;
+  bool write = n >= 1 && streq(w[0], "w"), rnd = n >= 4 && streq(w[3], "rand");
+  if (n < 4 || n > 6 || !(write || streq(w[0], "r")) || !(rnd || streq(w[3], "seq")) ||
+      !parse_dec(w[1], ~0ull, &total) ||
+      !parse_dec(w[2], BENCH_MAX_REQ_SECTORS, &req) || req == 0 || total < req ||
+      total % req != 0 || (n >= 5 && (!parse_dec(w[4], BENCH_MAX_DEPTH, &depth) || depth == 0)) ||
+      !dev_index(w, n, 5, &dev)) {
+    bad_argument();
+    return;
+  }
+  struct vdev *d = vdev_get(ID_BLK, dev);
+  if (!d) return;
+  struct vq *q = &d->q[0];
+  uint64_t positions = blk_capacity(d) / req; /* request-aligned slots on the disk */
+  if (depth * 3 > q->size || positions == 0) {
+    bad_argument();
+    return;
+  }
+  uint64_t nreq = total / req;
+  uint32_t bytes = (uint32_t)(req * SECTOR);
+  struct vring_desc *desc = q->m->desc;
+  /* All requests in flight share one data buffer (blk_data): what a read
+   * brings in is not looked at, and a write's data is byte j = (j*7) & 0xff. */
+  if (write)
+    for (uint32_t j = 0; j < bytes; j++) blk_data[j] = (uint8_t)(j * 7);
+  for (unsigned s = 0; s < depth; s++) {
+    bench_hdr[s].type = write ? BLK_T_OUT : BLK_T_IN;
+    bench_hdr[s].reserved = 0;
+    set_desc(&desc[3 * s], &bench_hdr[s], sizeof(bench_hdr[s]), DESC_F_NEXT,
+             (uint16_t)(3 * s + 1));
+    set_desc(&desc[3 * s + 1], blk_data, bytes, DESC_F_NEXT | (write ? 0 : DESC_F_WRITE),
+             (uint16_t)(3 * s + 2));
+    set_desc(&desc[3 * s + 2], &bench_status[s], 1, DESC_F_WRITE, 0);
+  }
+  bench_set_irq(q, bench_noirq);
+  struct bench_pos pos = {rnd, 88172645463325252ull, 0, positions};
+  uint64_t submitted = 0, done = 0;
+  uint8_t bad = 0;
+  bool busy[BENCH_MAX_DEPTH] = {false};
+  struct bench_stats st = {0, 0};
+  uint64_t t0 = rdtsc();
+  for (unsigned s = 0; s < depth && submitted < nreq; s++, submitted++)
+    blkbench_submit(q, s, &pos, req, busy);
+  bench_kick(d, 0, &st);
+  while (done < submitted) {
+    if (!bench_wait_used(q)) {
+      d->broken = true;
+      bench_set_irq(q, false);
+      bench_timeout("BLKBENCH", d, q, done, submitted);
+      return;
+    }
+    bool more = false;
+    while (vq_has_used(q)) {
+      barrier();
+      uint32_t id = ((volatile struct vring_used_elem *)&q->m->used.ring[q->used_idx % q->size])->id;
+      q->used_idx++;
+      unsigned s = id / 3;
+      if (id % 3 || s >= depth || !busy[s]) {
+        d->broken = true;
+        bench_set_irq(q, false);
+        print_vq_error("BLKBENCH", VQ_BADUSED);
+        return;
+      }
+      busy[s] = false;
+      done++;
+      if (bench_status[s] != 0 && !bad) bad = bench_status[s];
+      if (bad || submitted == nreq) continue;
+      blkbench_submit(q, s, &pos, req, busy);
+      submitted++;
+      more = true;
+    }
+    if (more) bench_kick(d, 0, &st);
+    bench_ack(d, &st);
+  }
+  uint64_t cycles = rdtsc() - t0;
+  bench_set_irq(q, false);
+  if (bad) {
+    con_puts("BLKBENCH status=");
+    con_dec(bad);
+    con_putc('\n');
+    return;
+  }
+  bench_result("BLKBENCH ok ", nreq, "reqs=", cycles, &st);
+}
+
+/* netbench tx <frames> <len> | netbench rx <frames> <timeout_ms> */
+static void netbench_u(const char *arg) {
+  char w[3][24];
+  unsigned n = split_args(arg, w, 3);
+  uint64_t frames, v;
+  bool tx = n >= 1 && streq(w[0], "tx");
+  if (n != 3 || !(tx || streq(w[0], "rx")) || !parse_dec(w[1], 1000000000, &frames) ||
+      frames == 0 || !parse_dec(w[2], tx ? ETH_MAX : 3600000, &v) || (tx && v < ETH_MIN)) {
+    bad_argument();
+    return;
+  }
+  struct vdev *d = vdev_get(ID_NET, 0);
+  if (!d) return;
+  struct bench_stats st = {0, 0};
+  if (tx) {
+    struct vq *q = &d->q[NET_TXQ];
+    /* One descriptor per frame: the zero header and the frame, contiguous; all
+     * descriptors point at the same bytes (the device only reads them). */
+    memset(bench_tx, 0, NET_HDR);
+    uint8_t *f = bench_tx + NET_HDR;
+    memset(f, 0xff, 6);
+    memcpy(f + 6, d->mac, 6);
+    f[12] = ETH_TYPE_TEST >> 8;
+    f[13] = ETH_TYPE_TEST & 0xff;
+    for (uint64_t k = 14; k < v; k++) f[k] = (uint8_t)(k - 14); /* as netsend, seed 0 */
+    uint16_t free_ids[QSIZE_MAX];
+    unsigned nfree = q->size;
+    for (unsigned i = 0; i < q->size; i++) {
+      set_desc(&q->m->desc[i], bench_tx, (uint32_t)(NET_HDR + v), 0, 0);
+      free_ids[i] = (uint16_t)i;
+    }
+    bench_set_irq(q, bench_noirq);
+    uint64_t submitted = 0, done = 0;
+    uint64_t t0 = rdtsc();
+    for (;;) {
+      /* Refill and kick first, then acknowledge: the device works meanwhile. */
+      bool more = false;
+      while (nfree && submitted < frames) {
+        vq_publish(q, free_ids[--nfree]);
+        submitted++;
+        more = true;
+      }
+      if (more) bench_kick(d, NET_TXQ, &st);
+      if (done) bench_ack(d, &st);
+      if (done == frames) break;
+      if (!bench_wait_used(q)) {
+        d->broken = true;
+        bench_set_irq(q, false);
+        bench_timeout("NETBENCH", d, q, done, submitted);
+        return;
+      }
+      while (vq_has_used(q)) {
+        barrier();
+        uint32_t id =
+            ((volatile struct vring_used_elem *)&q->m->used.ring[q->used_idx % q->size])->id;
+        q->used_idx++;
+        if (id >= q->size || nfree == q->size) {
+          d->broken = true;
+          bench_set_irq(q, false);
+          print_vq_error("NETBENCH", VQ_BADUSED);
+          return;
+        }
+        free_ids[nfree++] = (uint16_t)id;
+        done++;
+      }
+    }
+    uint64_t cycles = rdtsc() - t0;
+    bench_set_irq(q, false);
+    bench_result("NETBENCH tx ok ", frames, "frames=", cycles, &st);
+    return;
+  }
+  /* rx: count frames (buffers posted at initialization count too), giving each
+   * buffer back at once; cycles from the first frame to the last. */
+  struct vq *q = &d->q[NET_RXQ];
+  bench_set_irq(q, bench_noirq);
+  uint64_t end = deadline_ms(v), got = 0, bytes = 0, first = 0, last = 0;
+  while (got < frames) {
+    if (!vq_has_used(q)) {
+      if (rdtsc() > end) break;
+      cpu_pause();
+      continue;
+    }
+    bool more = false;
+    while (vq_has_used(q) && got < frames) {
+      barrier();
+      volatile struct vring_used_elem *e = &q->m->used.ring[q->used_idx % q->size];
+      uint32_t id = e->id, len = e->len;
+      q->used_idx++;
+      if (id >= q->size) {
+        d->broken = true;
+        bench_set_irq(q, false);
+        print_vq_error("NETBENCH", VQ_BADUSED);
+        return;
+      }
+      last = rdtsc();
+      if (!got) first = last;
+      got++;
+      bytes += len < NET_HDR ? 0 : len - NET_HDR;
+      vq_publish(q, (uint16_t)id); /* the buffer back to the device */
+      more = true;
+    }
+    if (more) bench_kick(d, NET_RXQ, &st);
+    bench_ack(d, &st);
+  }
+  bench_set_irq(q, false);
+  con_puts(got == frames ? "NETBENCH rx ok frames=" : "NETBENCH rx timeout frames=");
+  con_dec(got);
+  con_puts(" bytes=");
+  con_dec(bytes);
+  con_puts(" cycles=");
+  con_dec(last - first);
+  con_puts(" kicks=");
+  con_dec(st.kicks);
+  con_puts(" isr=");
+  con_dec(st.isr);
+  con_putc('\n');
+}
+
+/* mmiobench <count>: count 32-bit reads of the first device's MagicValue,
+ * i.e. count MMIO exits to the VMM (in user space for both VMMs). */
+static void mmiobench_u(const char *arg) {
+  uint64_t count;
+  if (!parse_dec(arg, 100000000, &count) || count == 0) {
+    bad_argument();
+    return;
+  }
+  vdev_probe();
+  if (!vdev_count) {
+    con_puts("ERR no device\n");
+    return;
+  }
+  const struct vdev *d = &vdevs[0];
+  uint64_t bad = 0, t0 = rdtsc();
+  for (uint64_t i = 0; i < count; i++) bad += mr32(d, VM_MAGIC) != VIRTIO_MAGIC;
+  uint64_t cycles = rdtsc() - t0;
+  con_puts("MMIOBENCH reads=");
+  con_dec(count);
+  con_puts(" cycles=");
+  con_dec(cycles);
+  con_puts(" bad=");
+  con_dec(bad);
+  con_putc('\n');
+}
+
+static void benchirq_u(const char *arg) {
+  if (streq(arg, "ack"))
+    bench_noirq = false;
+  else if (streq(arg, "off"))
+    bench_noirq = true;
+  else {
+    bad_argument();
+    return;
+  }
+  con_puts(bench_noirq ? "BENCHIRQ off\n" : "BENCHIRQ ack\n");
+}
+
 /* --- Discovery listing, hostile driver, reset --- */
 static void vdevs_u(const char *arg) {
   (void)arg;
@@ -914,3 +1299,7 @@ USER_COMMAND(netecho)
 USER_COMMAND(vdevs)
 USER_COMMAND(vbad)
 USER_COMMAND(vreset)
+USER_COMMAND(blkbench)
+USER_COMMAND(netbench)
+USER_COMMAND(benchirq)
+USER_COMMAND(mmiobench)
