@@ -59,4 +59,25 @@ Result<void> AcpiPm::restore(const AcpiPmState& state) {
   return ok();
 }
 
+
+void to_section(const AcpiPmState& st, snapshot::Section& s) {
+  s.put_u8("sleep_control", st.sleep_control);
+}
+
+Result<void> from_section(const snapshot::Section& s, AcpiPmState& st) {
+  VMM_CHECK(s.expect_only({"sleep_control"}));
+  VMM_TRY(st.sleep_control, s.get_u8("sleep_control"));
+  return ok();
+}
+
+void AcpiPm::save_section(snapshot::Section& s) const { to_section(save(), s); }
+
+Result<void> AcpiPm::restore_section(const snapshot::Section& s) {
+  AcpiPmState st;
+  VMM_CHECK(from_section(s, st));
+  if (auto r = restore(st); !r.ok())
+    return make_error("{}: {}", s.where(), r.error().to_string());
+  return ok();
+}
+
 }  // namespace vmm

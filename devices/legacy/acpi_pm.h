@@ -45,6 +45,7 @@
 #include "boot/x86_64/layout.h"
 #include "devices/bus.h"
 #include "vmm/base/result.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm {
 
@@ -53,6 +54,11 @@ struct AcpiPmState {
 
   bool operator==(const AcpiPmState&) const = default;
 };
+
+// AcpiPmState <-> a state-tree section: u8 sleep_control. Strict; the value is
+// checked by AcpiPm::restore().
+void to_section(const AcpiPmState& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, AcpiPmState& st);
 
 class AcpiPm : public BusDevice {
  public:
@@ -77,7 +83,12 @@ class AcpiPm : public BusDevice {
   void write(uint64_t base, uint64_t offset, std::span<const uint8_t> data) override;
 
   AcpiPmState save() const;
+  // Refuses bits outside SLP_TYP (4:2). On error nothing changes.
   Result<void> restore(const AcpiPmState& state);
+  // save() / restore() through the state tree (the one serialization path of
+  // snapshots and migration). On error nothing changes.
+  void save_section(snapshot::Section& s) const;
+  Result<void> restore_section(const snapshot::Section& s);
 
  private:
   const std::function<void()> on_poweroff_;

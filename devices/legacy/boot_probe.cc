@@ -54,4 +54,25 @@ Result<void> BootProbe::restore(const BootProbeState& state) {
   return ok();
 }
 
+
+void to_section(const BootProbeState& st, snapshot::Section& s) {
+  s.put_u8("last_mark", st.last_mark);
+}
+
+Result<void> from_section(const snapshot::Section& s, BootProbeState& st) {
+  VMM_CHECK(s.expect_only({"last_mark"}));
+  VMM_TRY(st.last_mark, s.get_u8("last_mark"));
+  return ok();
+}
+
+void BootProbe::save_section(snapshot::Section& s) const { to_section(save(), s); }
+
+Result<void> BootProbe::restore_section(const snapshot::Section& s) {
+  BootProbeState st;
+  VMM_CHECK(from_section(s, st));
+  if (auto r = restore(st); !r.ok())
+    return make_error("{}: {}", s.where(), r.error().to_string());
+  return ok();
+}
+
 }  // namespace vmm

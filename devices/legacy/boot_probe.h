@@ -20,6 +20,7 @@
 
 #include "devices/bus.h"
 #include "vmm/base/result.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm {
 
@@ -28,6 +29,10 @@ struct BootProbeState {
 
   bool operator==(const BootProbeState&) const = default;
 };
+
+// BootProbeState <-> a state-tree section: u8 last_mark (any value). Strict.
+void to_section(const BootProbeState& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, BootProbeState& st);
 
 class BootProbe : public BusDevice {
  public:
@@ -43,7 +48,12 @@ class BootProbe : public BusDevice {
   void write(uint64_t base, uint64_t offset, std::span<const uint8_t> data) override;
 
   BootProbeState save() const;
+  // Every mark value is valid (the guest may write any byte).
   Result<void> restore(const BootProbeState& state);
+  // save() / restore() through the state tree (the one serialization path of
+  // snapshots and migration). On error nothing changes.
+  void save_section(snapshot::Section& s) const;
+  Result<void> restore_section(const snapshot::Section& s);
 
  private:
   const std::function<void(uint8_t)> on_mark_;

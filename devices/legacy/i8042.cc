@@ -74,4 +74,31 @@ Result<void> I8042::restore(const I8042State& state) {
   return ok();
 }
 
+
+void to_section(const I8042State& st, snapshot::Section& s) {
+  s.put_u8("status", st.status);
+  s.put_u8("output", st.output);
+  s.put_u8("command_byte", st.command_byte);
+  s.put_u8("pending_command", st.pending_command);
+}
+
+Result<void> from_section(const snapshot::Section& s, I8042State& st) {
+  VMM_CHECK(s.expect_only({"status", "output", "command_byte", "pending_command"}));
+  VMM_TRY(st.status, s.get_u8("status"));
+  VMM_TRY(st.output, s.get_u8("output"));
+  VMM_TRY(st.command_byte, s.get_u8("command_byte"));
+  VMM_TRY(st.pending_command, s.get_u8("pending_command"));
+  return ok();
+}
+
+void I8042::save_section(snapshot::Section& s) const { to_section(save(), s); }
+
+Result<void> I8042::restore_section(const snapshot::Section& s) {
+  I8042State st;
+  VMM_CHECK(from_section(s, st));
+  if (auto r = restore(st); !r.ok())
+    return make_error("{}: {}", s.where(), r.error().to_string());
+  return ok();
+}
+
 }  // namespace vmm

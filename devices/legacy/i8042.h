@@ -21,6 +21,7 @@
 
 #include "devices/bus.h"
 #include "vmm/base/result.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm {
 
@@ -32,6 +33,12 @@ struct I8042State {
 
   bool operator==(const I8042State&) const = default;
 };
+
+// I8042State <-> a state-tree section: u8 status output command_byte
+// pending_command. Strict (missing, mistyped or unknown entries are refused);
+// values are checked by I8042::restore().
+void to_section(const I8042State& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, I8042State& st);
 
 class I8042 : public BusDevice {
  public:
@@ -49,7 +56,13 @@ class I8042 : public BusDevice {
   void write(uint64_t base, uint64_t offset, std::span<const uint8_t> data) override;
 
   I8042State save() const;
+  // Refuses a status other than 0/OBF and a pending command other than
+  // 0, 0x60, 0xd1. On error nothing changes.
   Result<void> restore(const I8042State& state);
+  // save() / restore() through the state tree (the one serialization path of
+  // snapshots and migration). On error nothing changes.
+  void save_section(snapshot::Section& s) const;
+  Result<void> restore_section(const snapshot::Section& s);
 
  private:
   const std::function<void()> on_reset_;

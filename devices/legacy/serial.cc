@@ -306,4 +306,48 @@ Result<void> Serial16550::restore(const SerialState& s) {
   return ok();
 }
 
+void to_section(const SerialState& st, snapshot::Section& s) {
+  s.put_u8("dll", st.dll);
+  s.put_u8("dlm", st.dlm);
+  s.put_u8("ier", st.ier);
+  s.put_u8("fcr", st.fcr);
+  s.put_u8("lcr", st.lcr);
+  s.put_u8("mcr", st.mcr);
+  s.put_u8("lsr", st.lsr);
+  s.put_u8("msr", st.msr);
+  s.put_u8("scr", st.scr);
+  s.put_u8("rbr", st.rbr);
+  s.put_bool("thr_ipending", st.thr_ipending);
+  s.put_bytes("rx_fifo", st.rx_fifo);
+}
+
+Result<void> from_section(const snapshot::Section& s, SerialState& st) {
+  VMM_CHECK(s.expect_only({"dll", "dlm", "ier", "fcr", "lcr", "mcr", "lsr", "msr", "scr", "rbr",
+                           "thr_ipending", "rx_fifo"}));
+  VMM_TRY(st.dll, s.get_u8("dll"));
+  VMM_TRY(st.dlm, s.get_u8("dlm"));
+  VMM_TRY(st.ier, s.get_u8("ier"));
+  VMM_TRY(st.fcr, s.get_u8("fcr"));
+  VMM_TRY(st.lcr, s.get_u8("lcr"));
+  VMM_TRY(st.mcr, s.get_u8("mcr"));
+  VMM_TRY(st.lsr, s.get_u8("lsr"));
+  VMM_TRY(st.msr, s.get_u8("msr"));
+  VMM_TRY(st.scr, s.get_u8("scr"));
+  VMM_TRY(st.rbr, s.get_u8("rbr"));
+  VMM_TRY(st.thr_ipending, s.get_bool("thr_ipending"));
+  VMM_TRY(auto fifo, s.get_bytes("rx_fifo"));
+  st.rx_fifo.assign(fifo.begin(), fifo.end());
+  return ok();
+}
+
+void Serial16550::save_section(snapshot::Section& s) const { to_section(save(), s); }
+
+Result<void> Serial16550::restore_section(const snapshot::Section& s) {
+  SerialState st;
+  VMM_CHECK(from_section(s, st));
+  if (auto r = restore(st); !r.ok())
+    return make_error("{}: {}", s.where(), r.error().to_string());
+  return ok();
+}
+
 }  // namespace vmm

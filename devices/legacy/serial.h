@@ -33,6 +33,7 @@
 
 #include "devices/bus.h"
 #include "vmm/base/result.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm {
 
@@ -55,6 +56,14 @@ struct SerialState {
   bool operator==(const SerialState&) const = default;
 };
 
+// SerialState <-> a state-tree section (fields named as the struct's:
+// u8 dll dlm ier fcr lcr mcr lsr msr scr rbr, bool thr_ipending, bytes rx_fifo).
+// from_section() checks presence, kinds and that nothing else is there (an
+// unknown entry is refused: format changes bump the file version); the values
+// are checked by Serial16550::restore().
+void to_section(const SerialState& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, SerialState& st);
+
 class Serial16550 : public BusDevice {
  public:
   static constexpr size_t kRxFifoSize = 4096;
@@ -76,6 +85,10 @@ class Serial16550 : public BusDevice {
   // Validates `state` and, if it is consistent, installs it and drives the IRQ
   // line to the level it implies. On error nothing changes.
   Result<void> restore(const SerialState& state);
+  // save() / restore() through the state tree (the one serialization path of
+  // snapshots and migration). On error nothing changes.
+  void save_section(snapshot::Section& s) const;
+  Result<void> restore_section(const snapshot::Section& s);
 
  private:
   uint8_t read_reg(uint64_t reg);

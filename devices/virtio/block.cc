@@ -206,4 +206,33 @@ uint8_t BlockDevice::do_io(const DescriptorChain& chain, uint32_t type, uint64_t
   return kBlkStatusOk;
 }
 
+void BlockDevice::save_device_section(snapshot::Section& s) const {
+  s.put_u64("capacity_sectors", capacity_);
+  s.put_bool("readonly", readonly_);
+  s.put_bytes("id", id_);
+}
+
+Result<void> BlockDevice::restore_device_section(const snapshot::Section& s) {
+  VMM_CHECK(s.expect_only({"capacity_sectors", "readonly", "id"}));
+  VMM_TRY(uint64_t capacity, s.get_u64("capacity_sectors"));
+  VMM_TRY(bool readonly, s.get_bool("readonly"));
+  VMM_TRY(auto id, s.get_bytes("id"));
+  if (capacity != capacity_)
+    return make_error(
+        "{}: {}: the disk has {} sectors, the snapshot {} (the backing file's size changed)",
+        s.where(), name(), capacity_, capacity);
+  if (readonly != readonly_)
+    return make_error("{}: {}: the disk is {}, the snapshot's was {}", s.where(), name(),
+                      readonly_ ? "read-only" : "read-write", readonly ? "read-only" : "read-write");
+  if (id.size() != kBlkIdBytes)
+    return make_error("{}: field 'id' is {} bytes, expected {}", s.where(), id.size(), kBlkIdBytes);
+  if (!std::equal(id.begin(), id.end(), id_.begin()))
+    return make_error("{}: {}: the disk's serial (GET_ID) differs from the snapshot's '{}'",
+                      s.where(), name(),
+                      snapshot::printable(std::string_view(
+                          reinterpret_cast<const char*>(id.data()),
+                          static_cast<size_t>(std::find(id.begin(), id.end(), 0) - id.begin()))));
+  return ok();
+}
+
 }  // namespace vmm::virtio

@@ -63,6 +63,13 @@ class BlockDevice final : public WorkerDevice {
   void read_config(uint64_t offset, std::span<uint8_t> data) override;
   void write_config(uint64_t, std::span<const uint8_t>) override {}
 
+  // Snapshot "device" section: u64 capacity_sectors, bool readonly, bytes id
+  // (20). Everything else of the device is its queues. Restore refuses a
+  // disk whose size (in sectors) or read-only mode differs from the saved
+  // one (the guest knows both), or another GET_ID serial.
+  void save_device_section(snapshot::Section& s) const override;
+  Result<void> restore_device_section(const snapshot::Section& s) override;
+
   uint64_t capacity_sectors() const { return capacity_; }
   bool readonly() const { return readonly_; }
   const std::array<uint8_t, kBlkIdBytes>& id() const { return id_; }

@@ -7,7 +7,6 @@
 namespace vmm::virtio {
 namespace {
 
-constexpr size_t kMaxQueues = 1024;
 constexpr uint32_t kDriverStatusBits =
     kStatusAcknowledge | kStatusDriver | kStatusDriverOk | kStatusFeaturesOk | kStatusFailed;
 
@@ -15,6 +14,11 @@ uint64_t set_low(uint64_t v, uint32_t low) { return (v & ~0xffffffffULL) | low; 
 uint64_t set_high(uint64_t v, uint32_t high) {
   return (v & 0xffffffffULL) | (uint64_t{high} << 32);
 }
+
+// Feature pages: 0 and 1 hold the 64 feature bits; every later page is empty,
+// so any selector >= 2 is stored as 2.
+constexpr uint32_t kFeaturePages = 2;
+constexpr uint32_t kInterruptBits = kInterruptUsedBuffer | kInterruptConfigChange;
 
 }  // namespace
 
@@ -124,8 +128,11 @@ Queue* MmioTransport::selected_queue_for_write() {
 
 bool MmioTransport::write_reg(uint64_t reg, uint32_t value, uint32_t* notify_index) {
   switch (reg) {
+    // The selectors are write-only: a value past the last page or queue acts
+    // like any other such value, so it is stored as that bound (a small,
+    // checkable domain for snapshots).
     case kRegDeviceFeaturesSel:
-      device_features_sel_ = value;
+      device_features_sel_ = std::min(value, kFeaturePages);
       return false;
     case kRegDriverFeatures:
       // Features are settable after DRIVER and until FEATURES_OK.
@@ -135,10 +142,10 @@ bool MmioTransport::write_reg(uint64_t reg, uint32_t value, uint32_t* notify_ind
       }
       return false;
     case kRegDriverFeaturesSel:
-      driver_features_sel_ = value;
+      driver_features_sel_ = std::min(value, kFeaturePages);
       return false;
     case kRegQueueSel:
-      queue_sel_ = value;
+      queue_sel_ = static_cast<uint32_t>(std::min<uint64_t>(value, queues_.size()));
       return false;
     case kRegQueueNum:
       if (Queue* q = selected_queue_for_write())
@@ -226,17 +233,20 @@ void MmioTransport::activate_locked() {
     queues_[i].set_event_idx(event_idx);
   }
   if (!device_) return;
-  std::weak_ptr<MmioTransport> weak = weak_from_this();
-  uint64_t epoch = epoch_.load();
-  InterruptFn interrupt = [weak, epoch](Interrupt kind) {
-    if (auto t = weak.lock(); t && t->epoch_.load() == epoch) t->raise_interrupt(kind);
-  };
-  auto r = device_->activate(mem_, driver_features_, queues_, std::move(interrupt));
+  auto r = device_->activate(mem_, driver_features_, queues_, make_interrupt_fn());
   if (!r.ok()) {
     fail(r.error());
     return;
   }
   activated_ = true;
+}
+
+InterruptFn MmioTransport::make_interrupt_fn() {
+  std::weak_ptr<MmioTransport> weak = weak_from_this();
+  uint64_t epoch = epoch_.load();
+  return [weak, epoch](Interrupt kind) {
+    if (auto t = weak.lock(); t && t->epoch_.load() == epoch) t->raise_interrupt(kind);
+  };
 }
 
 void MmioTransport::reset_locked() {
@@ -314,6 +324,256 @@ std::string MmioTransport::last_error() const {
 const Queue* MmioTransport::queue(size_t i) const {
   std::lock_guard lock(mu_);
   return i < queues_.size() ? &queues_[i] : nullptr;
+}
+
+// --- snapshots ---------------------------------------------------------------
+
+void to_section(const MmioTransportState& st, snapshot::Section& s) {
+  s.put_u32("device_type", st.device_type);
+  s.put_u32("status", st.status);
+  s.put_u32("device_features_sel", st.device_features_sel);
+  s.put_u32("driver_features_sel", st.driver_features_sel);
+  s.put_u64("driver_features", st.driver_features);
+  s.put_u32("queue_sel", st.queue_sel);
+  s.put_u32("shm_sel", st.shm_sel);
+  s.put_bool("activated", st.activated);
+  s.put_u32("interrupt_status", st.interrupt_status);
+  s.put_u32("config_generation", st.config_generation);
+  for (size_t i = 0; i < st.queues.size(); ++i)
+    to_section(st.queues[i], s.add_section(fmt::format("queue{}", i)));
+}
+
+namespace {
+
+// The index i of a section named "queue<i>" (canonical decimal, i <= 9999),
+// or -1.
+int queue_index(std::string_view n) {
+  constexpr std::string_view kPrefix = "queue";
+  if (n.size() <= kPrefix.size() || n.substr(0, kPrefix.size()) != kPrefix) return -1;
+  std::string_view digits = n.substr(kPrefix.size());
+  if (digits.size() > 4 || (digits.size() > 1 && digits[0] == '0')) return -1;
+  int v = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
+Result<void> from_section(const snapshot::Section& s, MmioTransportState& st) {
+  static constexpr std::string_view kFields[] = {
+      "device_type",     "status",    "device_features_sel", "driver_features_sel",
+      "driver_features", "queue_sel", "shm_sel",             "activated",
+      "interrupt_status", "config_generation"};
+  // Queues are the sections queue0, queue1... up to the first missing one.
+  // One pass over the entries (a hostile tree may hold many).
+  std::vector<const snapshot::Section*> by_index(10000, nullptr);
+  for (const auto& c : s.sections())
+    if (int i = queue_index(c.name()); i >= 0) by_index[static_cast<size_t>(i)] = &c;
+  size_t nq = 0;
+  while (nq < by_index.size() && by_index[nq] != nullptr) ++nq;
+  if (nq > MmioTransport::kMaxQueues)
+    return make_error("{}: {} queues, at most {} allowed", s.where(), nq,
+                      MmioTransport::kMaxQueues);
+  std::string unknown;
+  auto note = [&](const std::string& name) {
+    unknown += (unknown.empty() ? "" : ", ") + snapshot::printable(name);
+  };
+  for (const auto& f : s.fields())
+    if (std::find(std::begin(kFields), std::end(kFields), f.name) == std::end(kFields))
+      note(f.name);
+  for (const auto& c : s.sections()) {
+    int i = queue_index(c.name());
+    if (c.name() != "device" && !(i >= 0 && static_cast<size_t>(i) < nq)) note(c.name());
+  }
+  if (!unknown.empty()) return make_error("{}: unknown entries: {}", s.where(), unknown);
+
+  VMM_TRY(st.device_type, s.get_u32("device_type"));
+  VMM_TRY(st.status, s.get_u32("status"));
+  VMM_TRY(st.device_features_sel, s.get_u32("device_features_sel"));
+  VMM_TRY(st.driver_features_sel, s.get_u32("driver_features_sel"));
+  VMM_TRY(st.driver_features, s.get_u64("driver_features"));
+  VMM_TRY(st.queue_sel, s.get_u32("queue_sel"));
+  VMM_TRY(st.shm_sel, s.get_u32("shm_sel"));
+  VMM_TRY(st.activated, s.get_bool("activated"));
+  VMM_TRY(st.interrupt_status, s.get_u32("interrupt_status"));
+  VMM_TRY(st.config_generation, s.get_u32("config_generation"));
+  st.queues.assign(nq, QueueState{});
+  for (size_t i = 0; i < nq; ++i) VMM_CHECK(from_section(*by_index[i], st.queues[i]));
+  return ok();
+}
+
+Result<MmioTransportState> MmioTransport::save() const {
+  std::lock_guard lock(mu_);
+  MmioTransportState st;
+  st.device_type = device_ ? device_->device_type() : 0;
+  st.status = status_ | (needs_reset_.load() ? kStatusNeedsReset : 0);
+  st.device_features_sel = device_features_sel_;
+  st.driver_features_sel = driver_features_sel_;
+  st.driver_features = driver_features_;
+  st.queue_sel = queue_sel_;
+  st.shm_sel = shm_sel_;
+  st.activated = activated_;
+  st.config_generation = config_generation_.load();
+  if (activated_) {
+    // The device owns the live queues; it refuses unless quiescent.
+    VMM_TRY(st.queues, device_->save_queues());
+    if (st.queues.size() != queues_.size())
+      return make_error("virtio-mmio: device saved {} queues, expected {}", st.queues.size(),
+                        queues_.size());
+  } else {
+    for (const auto& q : queues_) st.queues.push_back(q.save());
+  }
+  std::lock_guard irq_lock(irq_mu_);
+  st.interrupt_status = interrupt_status_;
+  return st;
+}
+
+Result<void> MmioTransport::save_section(snapshot::Section& s) const {
+  VMM_TRY(MmioTransportState st, save());
+  to_section(st, s);
+  device_->save_device_section(s.add_section("device"));
+  return ok();
+}
+
+Result<void> MmioTransport::restore(const MmioTransportState& state) {
+  std::lock_guard lock(mu_);
+  return restore_locked(state, nullptr);
+}
+
+Result<void> MmioTransport::restore_section(const snapshot::Section& s) {
+  MmioTransportState st;
+  VMM_CHECK(from_section(s, st));
+  VMM_TRY(const snapshot::Section* dev, s.section("device"));
+  std::lock_guard lock(mu_);
+  return restore_locked(st, dev);
+}
+
+Result<std::vector<Queue>> MmioTransport::check_state_locked(const MmioTransportState& s) const {
+  if (!device_) return make_error("virtio-mmio: no device");
+  if (s.device_type != device_->device_type())
+    return make_error("virtio-mmio: the saved device is of type {}, this one of type {}",
+                      s.device_type, device_->device_type());
+  const uint32_t st = s.status;
+  if (st & ~(kDriverStatusBits | kStatusNeedsReset))
+    return make_error("virtio-mmio: status {:#x} has unknown bits", st);
+  if ((st & kStatusDriver) && !(st & kStatusAcknowledge))
+    return make_error("virtio-mmio: status {:#x}: DRIVER without ACKNOWLEDGE", st);
+  if ((st & kStatusFeaturesOk) && !(st & kStatusDriver))
+    return make_error("virtio-mmio: status {:#x}: FEATURES_OK without DRIVER", st);
+  if ((st & kStatusDriverOk) && !(st & kStatusFeaturesOk))
+    return make_error("virtio-mmio: status {:#x}: DRIVER_OK without FEATURES_OK", st);
+  if (!(st & kStatusDriver) && s.driver_features != 0)
+    return make_error("virtio-mmio: driver features {:#x} acked before DRIVER (status {:#x})",
+                      s.driver_features, st);
+  if (st & kStatusFeaturesOk) {
+    uint64_t offered = device_->features() | kFeatureVersion1;
+    if (s.driver_features & ~offered)
+      return make_error(
+          "virtio-mmio: acked features {:#x} include {:#x}, which this device does not offer",
+          s.driver_features, s.driver_features & ~offered);
+    if (!(s.driver_features & kFeatureVersion1))
+      return make_error("virtio-mmio: acked features {:#x} lack VIRTIO_F_VERSION_1",
+                        s.driver_features);
+  }
+  if (s.activated && !(st & kStatusDriverOk))
+    return make_error("virtio-mmio: activated without DRIVER_OK (status {:#x})", st);
+  if ((st & kStatusDriverOk) && !s.activated && !(st & kStatusNeedsReset))
+    return make_error(
+        "virtio-mmio: DRIVER_OK without activation needs DEVICE_NEEDS_RESET (status {:#x})", st);
+  if (s.device_features_sel > kFeaturePages || s.driver_features_sel > kFeaturePages)
+    return make_error("virtio-mmio: feature selectors {}/{} beyond {}", s.device_features_sel,
+                      s.driver_features_sel, kFeaturePages);
+  if (s.queue_sel > queues_.size())
+    return make_error("virtio-mmio: queue selector {} beyond the {} queues", s.queue_sel,
+                      queues_.size());
+  if (s.interrupt_status & ~kInterruptBits)
+    return make_error("virtio-mmio: interrupt status {:#x} has unknown bits", s.interrupt_status);
+  if (s.queues.size() != queues_.size())
+    return make_error("virtio-mmio: {} saved queues, the device has {}", s.queues.size(),
+                      queues_.size());
+
+  const bool event_idx = (s.driver_features & kFeatureRingEventIdx) != 0;
+  std::vector<Queue> out;
+  out.reserve(queues_.size());
+  for (size_t i = 0; i < s.queues.size(); ++i) {
+    const QueueState& qs = s.queues[i];
+    auto fail = [i](const std::string& why) {
+      return make_error("virtio-mmio: queue {}: {}", i, why);
+    };
+    bool moved = qs.next_avail != 0 || qs.next_used != 0 || qs.signalled_used != 0;
+    // A queue only moves while ready on an activated device, and reset
+    // zeroes it.
+    if (moved && (!qs.ready || !s.activated))
+      return fail(fmt::format("indices {}/{}/{} on a queue that never ran", qs.next_avail,
+                              qs.next_used, qs.signalled_used));
+    if (!qs.ready && qs.event_idx) return fail("event idx set on a queue that is not ready");
+    Queue q(queues_[i].max_size());
+    if (s.activated) {
+      // The device will use this queue as is: rings must be valid.
+      if (auto r = q.restore(qs, mem_); !r.ok()) return fail(r.error().to_string());
+      if (qs.ready && qs.event_idx != event_idx)
+        return fail(fmt::format("event idx {} but the acked features say {}", qs.event_idx,
+                                event_idx));
+      uint16_t in_flight = static_cast<uint16_t>(qs.next_avail - qs.next_used);
+      if (qs.ready && in_flight > qs.size)
+        return fail(fmt::format("{} chains in flight (next_avail {}, next_used {}), more than "
+                                "the queue size {}",
+                                in_flight, qs.next_avail, qs.next_used, qs.size));
+    } else {
+      // Register values only, as the driver wrote them: DRIVER_OK validates
+      // the rings before any use, exactly as for a live device.
+      QueueState regs = qs;
+      regs.ready = false;
+      if (auto r = q.restore(regs, mem_); !r.ok()) return fail(r.error().to_string());
+      q.set_ready(qs.ready);
+    }
+    out.push_back(std::move(q));
+  }
+  return out;
+}
+
+Result<void> MmioTransport::restore_locked(const MmioTransportState& s,
+                                           const snapshot::Section* device_section) {
+  VMM_TRY(std::vector<Queue> queues, check_state_locked(s));
+  if (device_section) VMM_CHECK(device_->restore_device_section(*device_section));
+
+  // Valid: from here on the state is installed. Callbacks of the current
+  // activation become no-ops, and the device lets go of its queues.
+  ++epoch_;
+  if (activated_) device_->reset();
+  activated_ = false;
+  last_error_.clear();
+  status_ = s.status & ~kStatusNeedsReset;
+  device_features_sel_ = s.device_features_sel;
+  driver_features_sel_ = s.driver_features_sel;
+  driver_features_ = s.driver_features;
+  queue_sel_ = s.queue_sel;
+  shm_sel_ = s.shm_sel;
+  queues_ = std::move(queues);
+  const bool needs_reset = (s.status & kStatusNeedsReset) != 0;
+  needs_reset_ = needs_reset;
+  config_generation_ = s.config_generation;
+  {
+    // Re-assert the line from InterruptStatus: a pending interrupt stays
+    // pending for the guest (an edge on an irqfd line).
+    std::lock_guard irq_lock(irq_mu_);
+    interrupt_status_ = s.interrupt_status;
+    irq_level_ = interrupt_status_ != 0;
+    if (irq_) irq_->set_level(irq_level_);
+  }
+  if (!s.activated) return ok();
+  auto r = device_->activate_restored(mem_, driver_features_, queues_, make_interrupt_fn(),
+                                      needs_reset);
+  if (!r.ok()) {
+    last_error_ = r.error().to_string();
+    raise_interrupt(Interrupt::kNeedsReset);
+    return make_error("virtio-mmio: re-activating the restored device: {}", last_error_);
+  }
+  activated_ = true;
+  return ok();
 }
 
 }  // namespace vmm::virtio

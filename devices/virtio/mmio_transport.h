@@ -26,6 +26,15 @@
 // (it takes only a separate interrupt lock), including from activate(). It
 // holds only a weak reference to the transport and does nothing once the
 // device has been reset.
+//
+// Snapshots (docs/snapshot-format.md): save()/restore() of an
+// MmioTransportState, or save_section()/restore_section() for the state tree,
+// which adds the device model's own "device" child section. An activated
+// device's queues live in the device (its worker advances them), so saving
+// asks the device for them, which only works while the device is quiescent
+// (WorkerDevice: paused). Restoring re-activates a device that was activated,
+// with its queues exactly as saved (they continue at next_avail/next_used),
+// and leaves it paused: the VMM resumes it when the vCPUs run again.
 #pragma once
 
 #include <atomic>
@@ -41,6 +50,7 @@
 #include "devices/virtio/queue.h"
 #include "vmm/base/result.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm::virtio {
 
@@ -94,7 +104,63 @@ class VirtioDevice {
   // Called when the driver resets an activated device (Status 0). Afterwards
   // the device must not touch guest memory or call the interrupt callback.
   virtual void reset() = 0;
+
+  // ---- snapshots; called by the transport (with its lock held).
+  // The live queues of an activated device. Only while the device is
+  // quiescent (nothing advances the queues: a WorkerDevice must be paused);
+  // otherwise an error.
+  virtual Result<std::vector<QueueState>> save_queues() const = 0;
+  // Snapshot restore of a device that was activated: like activate(), but the
+  // queues continue where they were saved (the device neither resets nor
+  // looks at them yet) and the device stays quiescent until the VMM resumes
+  // it (a WorkerDevice is left activated and paused). `broken`: the saved
+  // transport had DEVICE_NEEDS_RESET, so the device keeps ignoring its queues
+  // until the driver resets it.
+  virtual Result<void> activate_restored(const GuestMemory& mem, uint64_t acked_features,
+                                         std::vector<Queue> queues, InterruptFn interrupt,
+                                         bool broken) = 0;
+  // Device-specific state, in the transport section's child "device". The
+  // device models here keep only their guest-visible identity there (fixed at
+  // creation from their configuration and backend), and
+  // restore_device_section() refuses a state that does not match this device.
+  // It is called after the transport state was validated and before anything
+  // changes; on error nothing may change. Defaults: no device state (an empty
+  // section, anything in it refused).
+  virtual void save_device_section(snapshot::Section& /*s*/) const {}
+  virtual Result<void> restore_device_section(const snapshot::Section& s) {
+    return s.expect_only({});
+  }
 };
+
+// The transport's state for snapshots. Write-only selector registers are kept
+// in canonical form (a selector past the last page or queue is stored as
+// that bound), so every field has a small domain that restore() checks.
+struct MmioTransportState {
+  uint32_t device_type = 0;          // must equal the device's device_type()
+  uint32_t status = 0;               // the Status register, DEVICE_NEEDS_RESET included
+  uint32_t device_features_sel = 0;  // 0, 1, or 2 (a page with no features)
+  uint32_t driver_features_sel = 0;  // 0, 1, or 2 (writes ignored)
+  uint64_t driver_features = 0;      // acked features (as written so far before FEATURES_OK)
+  uint32_t queue_sel = 0;            // 0..num_queues (num_queues: no queue selected)
+  uint32_t shm_sel = 0;              // any value (there are no shared memory regions)
+  bool activated = false;            // the device was activated at DRIVER_OK
+  uint32_t interrupt_status = 0;     // InterruptStatus: bits 0-1
+  uint32_t config_generation = 0;
+  // One per device queue: the device's live queues when activated, else the
+  // transport's copies (the driver's configuration so far).
+  std::vector<QueueState> queues;
+
+  bool operator==(const MmioTransportState&) const = default;
+};
+
+// MmioTransportState <-> a state-tree section ("virtio0"): u32 device_type
+// status device_features_sel driver_features_sel queue_sel shm_sel
+// interrupt_status config_generation, u64 driver_features, bool activated,
+// and sections queue0..queue<N-1> (QueueState). A child section "device"
+// (the device model's state) is allowed and left to restore_section().
+// Strict otherwise: missing, mistyped or unknown entries are refused.
+void to_section(const MmioTransportState& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, MmioTransportState& st);
 
 class MmioTransport : public BusDevice, public std::enable_shared_from_this<MmioTransport> {
  public:
@@ -102,6 +168,7 @@ class MmioTransport : public BusDevice, public std::enable_shared_from_this<Mmio
   static constexpr uint32_t kVersion = 2;
   static constexpr uint32_t kVendorId = 0x554d4551;  // "QEMU", as most VMMs use
   static constexpr uint64_t kConfigOffset = 0x100;
+  static constexpr size_t kMaxQueues = 1024;
 
   // Register offsets.
   static constexpr uint64_t kRegMagic = 0x000;
@@ -164,12 +231,44 @@ class MmioTransport : public BusDevice, public std::enable_shared_from_this<Mmio
   // Raises an interrupt as the device would through its callback.
   void raise_interrupt(Interrupt kind);
 
+  // ---- snapshots. save() fails if the device is activated and not
+  // quiescent (pause the WorkerDevice first); nothing changes either way.
+  Result<MmioTransportState> save() const;
+  // Validates `state` against this transport's device and guest memory and,
+  // if it is consistent, installs it: an activated device is reset first; if
+  // the saved device was activated, it is activated again with the saved
+  // queues via VirtioDevice::activate_restored() (left paused: the VMM calls
+  // WorkerDevice::resume() when the guest runs), and the IRQ line is driven
+  // to (InterruptStatus != 0). Checks: device type; status bits known and in
+  // order (DRIVER needs ACKNOWLEDGE, FEATURES_OK needs DRIVER, DRIVER_OK needs
+  // FEATURES_OK; activated needs DRIVER_OK; DRIVER_OK without activation only
+  // with DEVICE_NEEDS_RESET, i.e. a failed activation); no acked features
+  // before DRIVER; with FEATURES_OK the features a subset of the offered ones
+  // with VERSION_1; selectors and InterruptStatus in their domains; one
+  // QueueState per queue with the device's max size, indices zero on a queue
+  // that never ran, and on an activated device each ready queue's rings
+  // aligned and inside guest memory (Queue::restore), event idx as
+  // negotiated and at most `size` chains between next_used and next_avail.
+  // Queues of a device that was not activated are register values only
+  // (DRIVER_OK validates them, as live), so their rings are not checked.
+  // On a validation error nothing changes. If re-activation itself fails (a
+  // host resource), the transport is left as after a failed DRIVER_OK
+  // (DEVICE_NEEDS_RESET) and the error is returned.
+  Result<void> restore(const MmioTransportState& state);
+  // The same through the state tree: the transport's fields and queues, plus
+  // the child section "device" (VirtioDevice::save_device_section()).
+  Result<void> save_section(snapshot::Section& s) const;
+  Result<void> restore_section(const snapshot::Section& s);
+
  private:
   uint32_t read_reg(uint64_t reg);
   // Returns true if QueueNotify should call notify_ with *notify_index.
   bool write_reg(uint64_t reg, uint32_t value, uint32_t* notify_index);
   void write_status(uint32_t value);
   void activate_locked();
+  Result<void> restore_locked(const MmioTransportState& s, const snapshot::Section* device_section);
+  Result<std::vector<Queue>> check_state_locked(const MmioTransportState& s) const;
+  InterruptFn make_interrupt_fn();
   void reset_locked();
   Queue* selected_queue_for_write();
   void set_interrupt_bits(uint32_t bits);

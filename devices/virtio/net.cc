@@ -252,4 +252,20 @@ void NetDevice::process_tx() {
   });
 }
 
+void NetDevice::save_device_section(snapshot::Section& s) const { s.put_bytes("mac", mac_); }
+
+Result<void> NetDevice::restore_device_section(const snapshot::Section& s) {
+  VMM_CHECK(s.expect_only({"mac"}));
+  VMM_TRY(auto mac, s.get_bytes("mac"));
+  if (mac.size() != mac_.size())
+    return make_error("{}: field 'mac' is {} bytes, expected {}", s.where(), mac.size(),
+                      mac_.size());
+  MacAddress saved{};
+  std::copy(mac.begin(), mac.end(), saved.begin());
+  if (saved != mac_)
+    return make_error("{}: {}: the snapshot's MAC is {}, this device's {} (give mac={})",
+                      s.where(), name(), format_mac(saved), format_mac(mac_), format_mac(saved));
+  return ok();
+}
+
 }  // namespace vmm::virtio

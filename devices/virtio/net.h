@@ -66,6 +66,12 @@ class NetDevice final : public WorkerDevice {
   void read_config(uint64_t offset, std::span<uint8_t> data) override;
   void write_config(uint64_t, std::span<const uint8_t>) override {}
 
+  // Snapshot "device" section: bytes mac (6). Restore refuses another MAC
+  // (the guest has read it from config space). The TAP's offloads follow
+  // from the acked features and are set again at activation.
+  void save_device_section(snapshot::Section& s) const override;
+  Result<void> restore_device_section(const snapshot::Section& s) override;
+
   const MacAddress& mac() const { return mac_; }
   const NetStats& stats() const { return stats_; }
 

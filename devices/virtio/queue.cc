@@ -344,4 +344,33 @@ Result<void> Queue::restore(const QueueState& s, const GuestMemory& mem) {
   return ok();
 }
 
+void to_section(const QueueState& st, snapshot::Section& s) {
+  s.put_u16("max_size", st.max_size);
+  s.put_u16("size", st.size);
+  s.put_bool("ready", st.ready);
+  s.put_u64("desc_table", st.desc_table);
+  s.put_u64("avail_ring", st.avail_ring);
+  s.put_u64("used_ring", st.used_ring);
+  s.put_u16("next_avail", st.next_avail);
+  s.put_u16("next_used", st.next_used);
+  s.put_bool("event_idx", st.event_idx);
+  s.put_u16("signalled_used", st.signalled_used);
+}
+
+Result<void> from_section(const snapshot::Section& s, QueueState& st) {
+  VMM_CHECK(s.expect_only({"max_size", "size", "ready", "desc_table", "avail_ring", "used_ring",
+                           "next_avail", "next_used", "event_idx", "signalled_used"}));
+  VMM_TRY(st.max_size, s.get_u16("max_size"));
+  VMM_TRY(st.size, s.get_u16("size"));
+  VMM_TRY(st.ready, s.get_bool("ready"));
+  VMM_TRY(st.desc_table, s.get_u64("desc_table"));
+  VMM_TRY(st.avail_ring, s.get_u64("avail_ring"));
+  VMM_TRY(st.used_ring, s.get_u64("used_ring"));
+  VMM_TRY(st.next_avail, s.get_u16("next_avail"));
+  VMM_TRY(st.next_used, s.get_u16("next_used"));
+  VMM_TRY(st.event_idx, s.get_bool("event_idx"));
+  VMM_TRY(st.signalled_used, s.get_u16("signalled_used"));
+  return ok();
+}
+
 }  // namespace vmm::virtio

@@ -25,6 +25,7 @@
 
 #include "vmm/base/result.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/snapshot/state_tree.h"
 
 namespace vmm::virtio {
 
@@ -113,6 +114,13 @@ struct QueueState {
 
   bool operator==(const QueueState&) const = default;
 };
+
+// QueueState <-> a state-tree section ("queue0"...): u16 max_size size
+// next_avail next_used signalled_used, bool ready event_idx, u64 desc_table
+// avail_ring used_ring. Strict (missing, mistyped or unknown entries are
+// refused); the values are checked by Queue::restore() and the transport.
+void to_section(const QueueState& st, snapshot::Section& s);
+Result<void> from_section(const snapshot::Section& s, QueueState& st);
 
 class Queue {
  public:

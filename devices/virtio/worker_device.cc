@@ -51,43 +51,76 @@ Result<void> WorkerDevice::init_events() {
 void WorkerDevice::notify_queue(uint32_t i) {
   if (i >= queue_events_.size()) return;
   if (inline_) {
-    if (active_.load() && !broken_.load()) process_queue(i);
+    if (active_.load() && !broken_.load() && !paused_) process_queue(i);
     return;
   }
   signal_eventfd(queue_events_[i].get());
 }
 
 void WorkerDevice::poll_backends() {
-  if (inline_ && loop_) (void)loop_->run_once(0);
+  if (inline_ && loop_ && !paused_) (void)loop_->run_once(0);
 }
 
 Result<void> WorkerDevice::activate(const GuestMemory& mem, uint64_t acked_features,
                                     std::vector<Queue> queues, InterruptFn interrupt) {
-  if (worker_.joinable()) return make_error("{}: already active", name_);
+  return start(mem, acked_features, std::move(queues), std::move(interrupt), false, false);
+}
+
+Result<void> WorkerDevice::activate_restored(const GuestMemory& mem, uint64_t acked_features,
+                                             std::vector<Queue> queues, InterruptFn interrupt,
+                                             bool broken) {
+  return start(mem, acked_features, std::move(queues), std::move(interrupt), true, broken);
+}
+
+Result<std::vector<QueueState>> WorkerDevice::save_queues() const {
+  if (!active_.load()) return make_error("{}: not active", name_);
+  // paused_ is only written by the thread that pauses and saves (the VMM's),
+  // and the worker was joined in pause(): its queue updates are visible.
+  if (!paused_) return make_error("{}: pause the device before saving its state", name_);
+  std::vector<QueueState> out;
+  out.reserve(queues_.size());
+  for (const auto& q : queues_) out.push_back(q.save());
+  return out;
+}
+
+Result<void> WorkerDevice::start(const GuestMemory& mem, uint64_t acked_features,
+                                 std::vector<Queue> queues, InterruptFn interrupt, bool restored,
+                                 bool broken) {
+  if (worker_.joinable() || active_.load()) return make_error("{}: already active", name_);
   if (queues.size() != queue_sizes_.size() || queue_events_.size() != queue_sizes_.size())
     return make_error("{}: expected {} queues, got {}", name_, queue_sizes_.size(), queues.size());
+  auto undo = [this](Error e) -> Result<void> {
+    loop_.reset();
+    queues_.clear();
+    interrupt_ = nullptr;
+    broken_ = false;
+    return e;
+  };
   mem_ = &mem;
   acked_features_ = acked_features;
   queues_ = std::move(queues);
   interrupt_ = std::move(interrupt);
-  broken_ = false;
-  VMM_TRY(loop_, EventLoop::create());
+  broken_ = broken;
+  auto loop = EventLoop::create();
+  if (!loop.ok()) return undo(std::move(loop).error());
+  loop_ = std::move(*loop);
   for (size_t i = 0; i < queue_events_.size(); ++i) {
     int fd = queue_events_[i].get();
-    VMM_CHECK(loop_->add(fd, EPOLLIN, [this, fd, i](uint32_t) {
+    auto r = loop_->add(fd, EPOLLIN, [this, fd, i](uint32_t) {
       drain_eventfd(fd);
       if (!broken_.load()) process_queue(i);
-    }));
+    });
+    if (!r.ok()) return undo(std::move(r).error());
     // The driver may have made buffers available before DRIVER_OK without
-    // notifying: look at every queue once.
-    if (!inline_) signal_eventfd(fd);
+    // notifying: look at every queue once (a restored device: at resume()).
+    if (!inline_ && !restored) signal_eventfd(fd);
   }
-  if (auto r = on_activate(*loop_); !r.ok()) {
-    loop_.reset();
-    queues_.clear();
-    return r;
-  }
+  if (auto r = on_activate(*loop_); !r.ok()) return undo(std::move(r).error());
   active_ = true;
+  if (restored) {
+    paused_ = true;  // resume() starts the worker
+    return ok();
+  }
   if (!inline_) worker_ = std::thread([this] { worker_main(); });
   return ok();
 }
@@ -124,7 +157,11 @@ void WorkerDevice::pause() {
 void WorkerDevice::resume() {
   if (!paused_) return;
   paused_ = false;
-  if (!active_.load() || inline_) return;
+  if (!active_.load()) return;
+  if (inline_) {
+    for (size_t i = 0; i < queues_.size() && !broken_.load(); ++i) process_queue(i);
+    return;
+  }
   loop_->rearm();
   for (auto& fd : queue_events_) signal_eventfd(fd.get());
   worker_ = std::thread([this] { worker_main(); });

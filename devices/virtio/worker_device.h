@@ -11,6 +11,14 @@
 //  * A queue the guest corrupted puts the device in DEVICE_NEEDS_RESET
 //    (through the transport) with a rate-limited warning; the worker then
 //    ignores the device's queues until the driver resets it.
+//  * Snapshots: the device's state (its queues) is read only while nothing
+//    runs on the worker: pause() before MmioTransport::save(), which asks
+//    save_queues() and gets an error on an active device that is not paused.
+//    Restore goes through activate_restored(), which leaves the device
+//    activated and paused with the saved queues; resume() starts the worker,
+//    which then looks at every queue once. Nothing is in flight in a paused
+//    device (block requests are synchronous; net hands back the RX chain it
+//    held, see on_pause()), so the saved queues are the whole device state.
 //
 // Subclasses implement process_queue() (called on the worker thread when the
 // queue was notified, and once after activation) and may register more
@@ -65,11 +73,21 @@ class WorkerDevice : public VirtioDevice {
   Result<void> activate(const GuestMemory& mem, uint64_t acked_features, std::vector<Queue> queues,
                         InterruptFn interrupt) final;
   void reset() final;
+  // Snapshots (VirtioDevice): the queues of an active device, only while it
+  // is paused (otherwise an error: the worker owns them).
+  Result<std::vector<QueueState>> save_queues() const final;
+  // Activated and paused, queues as given, nothing processed until resume().
+  Result<void> activate_restored(const GuestMemory& mem, uint64_t acked_features,
+                                 std::vector<Queue> queues, InterruptFn interrupt,
+                                 bool broken) final;
 
   // Quiesce: stop the worker after the request in progress (block requests
   // are synchronous, so none stays in flight) and keep all queue state;
-  // resume() restarts it and looks at every queue once. Both are no-ops on
-  // an inactive device, and safe to repeat. Called with the vCPUs paused.
+  // resume() restarts it and looks at every queue once (also for a device
+  // that activate_restored() left paused). pause() is a no-op on an inactive
+  // device; both are safe to repeat. Called with the vCPUs paused. In inline
+  // mode a paused device ignores notify_queue() and poll_backends(), and
+  // resume() processes every queue once on the caller's thread.
   void pause();
   void resume();
   bool paused() const { return paused_; }
@@ -125,6 +143,8 @@ class WorkerDevice : public VirtioDevice {
 
  private:
   void worker_main();
+  Result<void> start(const GuestMemory& mem, uint64_t acked_features, std::vector<Queue> queues,
+                     InterruptFn interrupt, bool restored, bool broken);
 
   std::string name_;
   std::vector<uint16_t> queue_sizes_;

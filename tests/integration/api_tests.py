@@ -169,6 +169,54 @@ def api_pause_two_vcpus(a):
 
 
 @test
+def api_snapshot_create(a):
+    """snapshot-create while the guest spins: DIR/state parses (snapshot-inspect)
+    with every vCPU and device section, DIR/memory is the guest's size and
+    sparse, the guest keeps running afterwards; a bad directory is an error."""
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "vm.sock")
+        disk = os.path.join(d, "disk.raw")
+        with open(disk, "wb") as f:
+            f.truncate(1 << 20)
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock, "--cpus", "2", "--mem", "128M",
+                                   "--disk", disk, "--rng"))
+        try:
+            g.expect("TESTGUEST READY")
+            check(g.command("smp", "smp ", timeout=30) == "smp 2", "AP bring-up", g)
+            check(g.command("blkread 0 8", "BLKREAD ").startswith("BLKREAD ok"), "blk up", g)
+            c = Client(sock)
+            g.send("spin")
+            wait_ticks(g, 2)
+            snap = os.path.join(d, "snap")
+            r = c.call("snapshot-create", dir=snap)
+            check(r["ok"], f"snapshot-create: {r}", g)
+            check(r["memory_bytes"] == 128 << 20, f"memory_bytes {r}", g)
+            e = c.wait_event("snapshot-done")
+            check(e["dir"] == snap, f"snapshot-done event {e}", g)
+            check(c.call("status")["state"] == "running", "running after snapshot", g)
+            wait_ticks(g, 2)
+            st = os.stat(os.path.join(snap, "memory"))
+            check(st.st_size == 128 << 20, f"memory file size {st.st_size}", g)
+            check(st.st_blocks * 512 < st.st_size // 4, f"memory file not sparse: {st}", g)
+            p = subprocess.run([a.inspect, snap], capture_output=True, text=True, timeout=30)
+            check(p.returncode == 0, f"snapshot-inspect: {p.returncode} {p.stderr}", g)
+            j = json.loads(p.stdout)
+            want = {"vm", "vcpu0", "vcpu1", "serial0", "i8042", "boot_probe", "acpi_pm",
+                    "virtio0", "virtio1"}
+            check(want <= set(j["state"]), f"sections {sorted(j['state'])}", g)
+            check(j["header"]["config"]["vcpus"] == "2", f"header {j['header']}", g)
+            check(j["state"]["virtio0"]["activated"] is True, "virtio0 activated", g)
+            bad = c.call("snapshot-create", dir="/proc/nonexistent/snap")
+            check(bad["ok"] is False and "cannot create" in bad["error"], f"bad dir: {bad}", g)
+            check(c.call("snapshot-create")["ok"] is False, "no dir", g)
+            check(c.call("status")["state"] == "running", "running after a failed snapshot", g)
+            check(c.call("shutdown")["ok"], "shutdown", g)
+            check(g.wait() == 0, "exit code", g)
+        finally:
+            g.kill()
+
+
+@test
 def vmmctl_cli(a):
     """vmmctl: exit codes and output."""
     with tempfile.TemporaryDirectory() as d:
@@ -218,6 +266,7 @@ def main():
     ap.add_argument("--vmm", required=True)
     ap.add_argument("--vmmctl", required=True)
     ap.add_argument("--guest", required=True)
+    ap.add_argument("--inspect", default="snapshot-inspect")
     ap.add_argument("name", choices=sorted(TESTS))
     a = ap.parse_args()
     require_kvm()

@@ -1,6 +1,7 @@
 #include "vmm/core/vm.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -27,6 +28,8 @@
 #include "vmm/base/event_loop.h"
 #include "vmm/base/log.h"
 #include "vmm/core/cpuid_probe.h"
+#include "vmm/core/vm_state.h"
+#include "vmm/snapshot/state_file.h"
 #include "vmm/core/emulation_fallback.h"
 
 namespace vmm {
@@ -572,7 +575,6 @@ void Vm::park(Vcpu& v) {
 }
 
 Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::json& req) {
-  (void)req;
   if (cmd == "status") {
     nlohmann::json devs = nlohmann::json::array();
     for (size_t i = 0; i < virtio_.size(); ++i) {
@@ -602,11 +604,71 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
     if (api_) api_->emit("resumed");
     return nlohmann::json::object();
   }
+  if (cmd == "snapshot-create") {
+    if (!req.contains("dir") || !req["dir"].is_string())
+      return make_error("snapshot-create needs \"dir\": a directory path");
+    VMM_TRY(auto summary, snapshot_create(req["dir"].get<std::string>()));
+    if (api_) api_->emit("snapshot-done", summary);
+    return summary;
+  }
   if (cmd == "shutdown") {
     request_stop({kExitOk, "shutdown requested on the control socket"});
     return nlohmann::json::object();
   }
-  return make_error("unknown command '{}' (status, pause, resume, shutdown)", cmd);
+  return make_error("unknown command '{}' (status, pause, resume, snapshot-create, shutdown)",
+                    cmd);
+}
+
+Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
+  if (dir.empty()) return make_error("snapshot: no directory given");
+  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST)
+    return errno_error("snapshot: cannot create directory '{}'", dir);
+  bool was_running = state() == RunState::kRunning;
+  auto t0 = std::chrono::steady_clock::now();
+  VMM_CHECK(pause());
+  auto since = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  double paused_ms = since();
+  auto result = [&]() -> Result<nlohmann::json> {
+    snapshot::Section tree;
+    VMM_CHECK(save_vm_state(vm_, tree.add_section("vm")));
+    VMM_TRY(auto msr_list, kvm_.msr_index_list());
+    for (auto& v : vcpus_)
+      VMM_CHECK(save_vcpu_state(v->fd, msr_list, tree.add_section(fmt::format("vcpu{}", v->index))));
+    serial_->save_section(tree.add_section("serial0"));
+    i8042_->save_section(tree.add_section("i8042"));
+    probe_->save_section(tree.add_section("boot_probe"));
+    if (acpi_pm_) acpi_pm_->save_section(tree.add_section("acpi_pm"));
+    for (size_t i = 0; i < virtio_.size(); ++i)
+      VMM_CHECK(virtio_[i].transport->save_section(tree.add_section(fmt::format("virtio{}", i))));
+    snapshot::StateHeader header;
+    header.vmm_version = "vmm 0.1";
+    header.cpu_template = cfg_.cpu_template;
+    header.created_unix = static_cast<uint64_t>(::time(nullptr));
+    header.config = {{"mem_bytes", std::to_string(cfg_.mem_bytes)},
+                     {"vcpus", std::to_string(cfg_.cpus)},
+                     {"virtio_devices", std::to_string(virtio_.size())}};
+    double state_ms = since();
+    VMM_TRY(uint64_t mem_written,
+            write_memory_file(mem_, dir + "/" + snapshot::kMemoryFileName));
+    double mem_ms = since();
+    VMM_CHECK(snapshot::write_state_file(dir + "/" + snapshot::kStateFileName, header, tree));
+    return nlohmann::json{{"dir", dir},
+                          {"memory_bytes", mem_.total_size()},
+                          {"memory_data_bytes", mem_written},
+                          {"pause_ms", paused_ms},
+                          {"state_ms", state_ms - paused_ms},
+                          {"memory_ms", mem_ms - state_ms},
+                          {"total_ms", since()}};
+  }();
+  if (was_running) {
+    auto r = resume();
+    if (!r.ok()) spdlog::error("snapshot: resume failed: {}", r.error().to_string());
+  }
+  if (result.ok()) spdlog::info("snapshot written to {} ({:.1f} ms)", dir, since());
+  return result;
 }
 
 void Vm::kick_all() {

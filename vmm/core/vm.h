@@ -81,6 +81,10 @@ class Vm {
   // undoes it. Both are idempotent and safe from any thread while run() runs.
   Result<void> pause();
   Result<void> resume();
+  // Writes DIR/state (vCPUs, VM-wide KVM state, devices; docs/snapshot-format.md)
+  // and DIR/memory (guest RAM, sparse). Pauses the VM for the duration if it
+  // is running and resumes it afterwards. Returns a summary for the API.
+  Result<nlohmann::json> snapshot_create(const std::string& dir);
   enum class RunState { kCreated, kRunning, kPaused, kStopped };
   RunState state() const;
   static const char* state_name(RunState s);

@@ -44,12 +44,25 @@ class FakeDevice : public VirtioDevice {
     return ok();
   }
   void reset() override { ++resets; }
+  Result<std::vector<QueueState>> save_queues() const override {
+    std::vector<QueueState> out;
+    for (const auto& q : active_queues) out.push_back(q.save());
+    return out;
+  }
+  Result<void> activate_restored(const GuestMemory& mem, uint64_t acked, std::vector<Queue> queues,
+                                 InterruptFn interrupt, bool broken) override {
+    ++restored_activations;
+    restored_broken = broken;
+    return activate(mem, acked, std::move(queues), std::move(interrupt));
+  }
 
   std::vector<uint16_t> max_sizes = {256, 16};
   std::array<uint8_t, 8> config = {1, 2, 3, 4, 5, 6, 7, 8};
   bool fail_activate = false;
   int activations = 0;
   int resets = 0;
+  int restored_activations = 0;
+  bool restored_broken = false;
   uint64_t acked_features = 0;
   std::vector<Queue> active_queues;
   InterruptFn irq;
@@ -476,6 +489,83 @@ TEST_F(VirtioMmioTest, HugeQueueSelIsSafe) {
   EXPECT_EQ(t_->queue(2), nullptr);
   EXPECT_FALSE(t_->queue(0)->ready());
   EXPECT_FALSE(t_->queue(1)->ready());
+}
+
+// Snapshots at the transport level (every device model: state_roundtrip_test).
+TEST_F(VirtioMmioTest, RestoreReactivatesWithTheSavedQueuesUnreset) {
+  bring_up(kFeatureVersion1 | kFeatureRingEventIdx);
+  ASSERT_EQ(dev_->activations, 1);
+  // The device moved queue 0 on, as a worker would.
+  QueueState moved = dev_->active_queues[0].save();
+  moved.next_avail = 5;
+  moved.next_used = 4;
+  moved.signalled_used = 4;
+  ASSERT_TRUE(dev_->active_queues[0].restore(moved, mem_).ok());
+  dev_->irq(Interrupt::kUsedBuffer);
+  dev_->irq(Interrupt::kConfigChange);
+  w32(T::kRegQueueSel, 0xffffffff);  // stored as "past the last queue"
+  auto st = t_->save();
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_TRUE(st->activated);
+  EXPECT_EQ(st->queue_sel, 2u);
+  EXPECT_EQ(st->queues[0], moved);
+  EXPECT_EQ(st->config_generation, 1u);
+  EXPECT_EQ(st->interrupt_status, kInterruptUsedBuffer | kInterruptConfigChange);
+
+  auto dev2 = std::make_shared<FakeDevice>();
+  auto irq2 = std::make_shared<vmm::testing::FakeIrqLine>();
+  auto t2 = T::create(mem_, dev2, irq2, {});
+  ASSERT_TRUE(t2.ok());
+  ASSERT_TRUE((*t2)->restore(*st).ok());
+  EXPECT_EQ(dev2->restored_activations, 1);
+  EXPECT_FALSE(dev2->restored_broken);
+  EXPECT_EQ(dev2->acked_features, kFeatureVersion1 | kFeatureRingEventIdx);
+  ASSERT_EQ(dev2->active_queues.size(), 2u);
+  EXPECT_EQ(dev2->active_queues[0].save(), moved);  // continues, not reset
+  EXPECT_TRUE(dev2->active_queues[1].event_idx());
+  EXPECT_TRUE(irq2->level());
+  EXPECT_EQ(irq2->raises(), 1);
+  auto st2 = (*t2)->save();
+  ASSERT_TRUE(st2.ok());
+  EXPECT_EQ(*st2, *st);
+
+  // Restoring onto the activated transport resets the device first, and the
+  // old activation's interrupt callback becomes a no-op.
+  InterruptFn old_irq = dev2->irq;
+  ASSERT_TRUE((*t2)->restore(*st).ok());
+  EXPECT_EQ(dev2->resets, 1);
+  EXPECT_EQ(dev2->restored_activations, 2);
+  old_irq(Interrupt::kConfigChange);
+  EXPECT_EQ((*t2)->save()->config_generation, 1u);
+  dev2->irq(Interrupt::kConfigChange);
+  EXPECT_EQ((*t2)->save()->config_generation, 2u);
+
+  // DEVICE_NEEDS_RESET travels, and the device is told to stay stopped.
+  st->status |= kStatusNeedsReset;
+  ASSERT_TRUE((*t2)->restore(*st).ok());
+  EXPECT_TRUE(dev2->restored_broken);
+  EXPECT_EQ((*t2)->status(), kAllOk | kStatusNeedsReset);
+}
+
+TEST_F(VirtioMmioTest, RestoreFailureOfTheDeviceLeavesNeedsReset) {
+  bring_up();
+  auto st = t_->save();
+  ASSERT_TRUE(st.ok());
+  auto dev2 = std::make_shared<FakeDevice>();
+  dev2->fail_activate = true;
+  auto t2 = T::create(mem_, dev2, nullptr, {});
+  ASSERT_TRUE(t2.ok());
+  auto r = (*t2)->restore(*st);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().to_string().find("fake activation failure"), std::string::npos);
+  EXPECT_FALSE((*t2)->activated());
+  EXPECT_EQ((*t2)->status(), kAllOk | kStatusNeedsReset);
+  // A validation failure, by contrast, changes nothing.
+  auto t3 = T::create(mem_, std::make_shared<FakeDevice>(), nullptr, {});
+  ASSERT_TRUE(t3.ok());
+  st->queues.pop_back();
+  EXPECT_FALSE((*t3)->restore(*st).ok());
+  EXPECT_EQ((*t3)->status(), 0u);
 }
 
 }  // namespace

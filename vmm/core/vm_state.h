@@ -1,0 +1,30 @@
+// Capturing KVM state into the snapshot state tree (docs/snapshot-format.md):
+// per-vCPU registers and VM-wide interrupt controller/timer/clock state, and
+// the guest memory file. Only valid while the VM is paused (vCPUs parked on
+// an instruction boundary).
+#pragma once
+
+#include <span>
+#include <string>
+
+#include "vmm/kvm/kvm.h"
+#include "vmm/memory/guest_memory.h"
+#include "vmm/snapshot/state_tree.h"
+
+namespace vmm {
+
+// Section "vcpuN": regs, sregs, fpu, xsave, xcrs, debugregs, events,
+// mp_state, lapic, msrs (kvm_msr_entry[] of every index in `msr_indices`
+// KVM could read; refused ones are left out and listed in "msrs_refused").
+Result<void> save_vcpu_state(const VcpuFd& vcpu, std::span<const uint32_t> msr_indices,
+                             snapshot::Section& out);
+
+// Section "vm": clock, pic_master, pic_slave, ioapic, pit2.
+Result<void> save_vm_state(const VmFd& vm, snapshot::Section& out);
+
+// Writes every guest memory region back to back into `path` (created 0600,
+// fsynced), leaving 4 KiB pages that are all zero as holes (a sparse file).
+// Returns the number of bytes of data actually written.
+Result<uint64_t> write_memory_file(const GuestMemory& mem, const std::string& path);
+
+}  // namespace vmm
