@@ -38,8 +38,16 @@ int main(int argc, char** argv) {
   std::string mem = "512M", serial = "stdio", mitigation = "auto";
   CLI::App app{kDescription, "vmm"};
   app.get_formatter()->column_width(34);
-  app.add_option("-k,--kernel", cfg.kernel, "Kernel image: bzImage or ELF vmlinux")
-      ->required();
+  auto* kernel_opt =
+      app.add_option("-k,--kernel", cfg.kernel, "Kernel image: bzImage or ELF vmlinux");
+  std::string restore_dir;
+  bool restore_copy = false;
+  auto* restore_opt = app.add_option(
+      "--restore", restore_dir,
+      "Resume the VM saved in this snapshot directory (snapshot-create) instead of booting");
+  app.add_flag("--restore-copy", restore_copy,
+               "With --restore: copy the memory file instead of mapping it copy-on-write");
+  kernel_opt->excludes(restore_opt);
   app.add_option("-i,--initrd", cfg.initrd, "Initial ramdisk (cpio, optionally compressed)");
   auto* cmdline_opt = app.add_option(
       "-c,--cmdline", cfg.cmdline,
@@ -122,6 +130,28 @@ int main(int argc, char** argv) {
     return vmm::kExitUsage;
   }
 
+  if (!restore_dir.empty()) {
+    if (!disks.empty() || !nets.empty() || cfg.rng || cmdline_opt->count() > 0 ||
+        !cfg.initrd.empty()) {
+      spdlog::error("--restore takes the VM's configuration from the snapshot: do not give "
+                    "--initrd, --cmdline, --disk, --net or --rng with it");
+      return vmm::kExitUsage;
+    }
+    auto vm = vmm::Vm::restore(cfg, restore_dir, restore_copy);
+    if (!vm.ok()) {
+      spdlog::error("--restore {}: {}", restore_dir, vm.error().to_string());
+      return vmm::kExitUsage;
+    }
+    vmm::ExitStatus st = (*vm)->run();
+    vm->reset();
+    if (st.code == 0) spdlog::info("{}", st.reason);
+    else spdlog::error("{} (exit code {})", st.reason, st.code);
+    return st.code;
+  }
+  if (cfg.kernel.empty()) {
+    spdlog::error("--kernel is required (or --restore DIR)");
+    return vmm::kExitUsage;
+  }
   auto inputs = vmm::Vm::prepare(cfg);
   if (!inputs.ok()) {
     spdlog::error("{}", inputs.error().to_string());

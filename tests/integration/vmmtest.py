@@ -19,7 +19,9 @@ class Guest:
 
     def __init__(self, vmm, kernel, args=(), log_level="info", wrapper=()):
         # wrapper: a command prefix that execs the vmm, e.g. ("ip", "netns", "exec", NS).
-        self.cmd = [*wrapper, vmm, "--kernel", kernel, "--serial", "stdio", "--log-level",
+        # kernel=None: no --kernel (e.g. for --restore DIR in args).
+        kernel_args = ["--kernel", kernel] if kernel is not None else []
+        self.cmd = [*wrapper, vmm, *kernel_args, "--serial", "stdio", "--log-level",
                     log_level, *args]
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)

@@ -147,6 +147,83 @@ struct Vm::BootEntry {
 Vm::Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem)
     : cfg_(cfg), kvm_(std::move(kvm)), vm_(std::move(vm)), mem_(std::move(mem)) {}
 
+// The configuration a snapshot records, and restore rebuilds the VM from.
+static std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c) {
+  std::vector<std::pair<std::string, std::string>> out = {
+      {"mem_bytes", std::to_string(c.mem_bytes)},
+      {"vcpus", std::to_string(c.cpus)},
+      {"acpi", c.acpi ? "on" : "off"},
+      {"rng", c.rng ? "on" : "off"}};
+  for (size_t i = 0; i < c.disks.size(); ++i) {
+    const auto& d = c.disks[i];
+    out.emplace_back(fmt::format("disk{}", i), fmt::format("path={},readonly={}{}", d.path,
+                                                           d.readonly ? "on" : "off",
+                                                           d.id.empty() ? "" : ",id=" + d.id));
+  }
+  for (size_t i = 0; i < c.nets.size(); ++i) {
+    const auto& n = c.nets[i];
+    out.emplace_back(fmt::format("net{}", i),
+                     fmt::format("tap={}{}", n.tap, n.mac ? ",mac=" + virtio::format_mac(*n.mac) : ""));
+  }
+  return out;
+}
+
+static Result<void> config_from_header(const snapshot::StateHeader& h, VmConfig& c) {
+  auto get = [&](const std::string& key) -> const std::string* {
+    for (const auto& [k, v] : h.config)
+      if (k == key) return &v;
+    return nullptr;
+  };
+  const std::string* mem = get("mem_bytes");
+  const std::string* cpus = get("vcpus");
+  if (!mem || !cpus) return make_error("snapshot header lacks mem_bytes/vcpus");
+  VMM_TRY(c.mem_bytes, parse_size(*mem));
+  try {
+    c.cpus = std::stoi(*cpus);
+  } catch (...) {
+    return make_error("snapshot header: vcpus '{}' is not a number", *cpus);
+  }
+  if (const auto* a = get("acpi")) c.acpi = *a == "on";
+  if (const auto* r = get("rng")) c.rng = *r == "on";
+  c.cpu_template = h.cpu_template;
+  c.disks.clear();
+  c.nets.clear();
+  for (size_t i = 0;; ++i) {
+    const auto* d = get(fmt::format("disk{}", i));
+    if (!d) break;
+    VMM_TRY(auto disk, parse_disk(*d));
+    c.disks.push_back(std::move(disk));
+  }
+  for (size_t i = 0;; ++i) {
+    const auto* n = get(fmt::format("net{}", i));
+    if (!n) break;
+    VMM_TRY(auto net, parse_net(*n));
+    c.nets.push_back(std::move(net));
+  }
+  return ok();
+}
+
+static Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> make_virtio_devices(const VmConfig& cfg) {
+  std::vector<std::shared_ptr<virtio::WorkerDevice>> out;
+  size_t ndev = cfg.disks.size() + cfg.nets.size() + (cfg.rng ? 1 : 0);
+  if (ndev > layout::kMaxVirtioDevices)
+    return make_error("{} virtio devices requested; at most {} are supported", ndev,
+                      layout::kMaxVirtioDevices);
+  for (const auto& d : cfg.disks) {
+    VMM_TRY(auto dev, virtio::BlockDevice::create(d));
+    out.push_back(std::move(dev));
+  }
+  for (const auto& n : cfg.nets) {
+    VMM_TRY(auto dev, virtio::NetDevice::create(n));
+    out.push_back(std::move(dev));
+  }
+  if (cfg.rng) {
+    VMM_TRY(auto dev, virtio::RngDevice::create());
+    out.push_back(std::move(dev));
+  }
+  return out;
+}
+
 Vm::~Vm() {
   if (console_in_) console_in_->stop();
   // Device workers write guest memory: stop them before it goes away.
@@ -185,22 +262,7 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
     VMM_TRY(auto m, SymbolMap::load(cfg.system_map));
     in.symbols = std::move(m);
   }
-  size_t ndev = cfg.disks.size() + cfg.nets.size() + (cfg.rng ? 1 : 0);
-  if (ndev > layout::kMaxVirtioDevices)
-    return make_error("{} virtio devices requested; at most {} are supported", ndev,
-                      layout::kMaxVirtioDevices);
-  for (const auto& d : cfg.disks) {
-    VMM_TRY(auto dev, virtio::BlockDevice::create(d));
-    in.virtio_devices.push_back(std::move(dev));
-  }
-  for (const auto& n : cfg.nets) {
-    VMM_TRY(auto dev, virtio::NetDevice::create(n));
-    in.virtio_devices.push_back(std::move(dev));
-  }
-  if (cfg.rng) {
-    VMM_TRY(auto dev, virtio::RngDevice::create());
-    in.virtio_devices.push_back(std::move(dev));
-  }
+  VMM_TRY(in.virtio_devices, make_virtio_devices(cfg));
   return in;
 }
 
@@ -235,6 +297,61 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
     vm->vcpus_.push_back(std::make_unique<Vcpu>(i, std::move(fd)));
     VMM_CHECK(vm->setup_vcpu(*vm->vcpus_.back(), i == 0));
   }
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::string& dir,
+                                        bool copy_memory) {
+  auto t0 = std::chrono::steady_clock::now();
+  VMM_TRY(auto file, snapshot::read_state_file(dir + "/" + snapshot::kStateFileName));
+  VmConfig cfg = user_cfg;
+  VMM_CHECK(config_from_header(file.header, cfg));
+  VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
+                                    copy_memory));
+  VMM_TRY(auto devices, make_virtio_devices(cfg));
+  VMM_TRY(auto kvm, KvmSystem::open(cfg.kvm_device.c_str()));
+  VMM_TRY(auto vmfd, kvm.create_vm());
+  VMM_CHECK(vmfd.set_tss_addr(layout::kKvmTssAddr));
+  VMM_CHECK(vmfd.set_identity_map_addr(layout::kKvmIdentityMapAddr));
+  VMM_CHECK(vmfd.create_irqchip());
+  VMM_CHECK(vmfd.create_pit2());
+  uint32_t slot = 0;
+  for (const auto& r : mem.regions())
+    VMM_CHECK(vmfd.set_user_memory_region(slot++, r.start, r.size(), r.host()));
+  std::unique_ptr<Vm> vm(new Vm(cfg, std::move(kvm), std::move(vmfd), std::move(mem)));
+  VMM_CHECK(vm->setup_devices());
+  VMM_CHECK(vm->setup_virtio(std::move(devices)));
+  const snapshot::Section& tree = file.tree;
+  for (int i = 0; i < cfg.cpus; ++i) {
+    VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
+    vm->vcpus_.push_back(std::make_unique<Vcpu>(i, std::move(fd)));
+    VMM_CHECK(vm->setup_vcpu(*vm->vcpus_.back(), false));  // CPUID and defaults
+    VMM_TRY(const auto* sec, tree.section(fmt::format("vcpu{}", i)));
+    auto r = restore_vcpu_state(vm->vcpus_.back()->fd, *sec);
+    if (!r.ok()) return make_error("restoring vcpu{}: {}", i, r.error().to_string());
+  }
+  VMM_TRY(const auto* vmsec, tree.section("vm"));
+  VMM_CHECK(restore_vm_state(vm->vm_, *vmsec));
+  VMM_TRY(const auto* ser, tree.section("serial0"));
+  VMM_CHECK(vm->serial_->restore_section(*ser));
+  VMM_TRY(const auto* kbd, tree.section("i8042"));
+  VMM_CHECK(vm->i8042_->restore_section(*kbd));
+  VMM_TRY(const auto* probe, tree.section("boot_probe"));
+  VMM_CHECK(vm->probe_->restore_section(*probe));
+  if (vm->acpi_pm_) {
+    VMM_TRY(const auto* pm, tree.section("acpi_pm"));
+    VMM_CHECK(vm->acpi_pm_->restore_section(*pm));
+  }
+  for (size_t i = 0; i < vm->virtio_.size(); ++i) {
+    VMM_TRY(const auto* vs, tree.section(fmt::format("virtio{}", i)));
+    auto r = vm->virtio_[i].transport->restore_section(*vs);
+    if (!r.ok()) return make_error("restoring virtio{}: {}", i, r.error().to_string());
+    vm->virtio_[i].device->resume();  // restored devices come up paused
+  }
+  vm->cmdline_ = "(restored)";
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("restored from {} in {:.2f} ms ({} MiB {}, {} vCPU(s), {} virtio device(s))", dir, ms,
+               cfg.mem_bytes >> 20, copy_memory ? "copied" : "mapped", cfg.cpus, vm->virtio_.size());
   return vm;
 }
 
@@ -647,9 +764,7 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
     header.vmm_version = "vmm 0.1";
     header.cpu_template = cfg_.cpu_template;
     header.created_unix = static_cast<uint64_t>(::time(nullptr));
-    header.config = {{"mem_bytes", std::to_string(cfg_.mem_bytes)},
-                     {"vcpus", std::to_string(cfg_.cpus)},
-                     {"virtio_devices", std::to_string(virtio_.size())}};
+    header.config = config_fingerprint(cfg_);
     double state_ms = since();
     VMM_TRY(uint64_t mem_written,
             write_memory_file(mem_, dir + "/" + snapshot::kMemoryFileName));

@@ -66,6 +66,12 @@ class Vm {
   static Result<VmInputs> prepare(const VmConfig& cfg);
   // Builds the VM: an error here is a VMM/KVM failure (exit code 1).
   static Result<std::unique_ptr<Vm>> create(const VmConfig& cfg, VmInputs inputs);
+  // Builds the VM from a snapshot directory (snapshot_create): its memory
+  // file mapped MAP_PRIVATE (or copied), every vCPU, VM-wide and device
+  // state restored. The configuration (memory, vCPUs, devices, CPU template)
+  // comes from the snapshot; user_cfg provides the rest (serial, socket, logs).
+  static Result<std::unique_ptr<Vm>> restore(const VmConfig& user_cfg, const std::string& dir,
+                                             bool copy_memory);
   ~Vm();
 
   // Runs the guest to its end; returns the process exit status.

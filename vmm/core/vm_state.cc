@@ -1,11 +1,16 @@
 #include "vmm/core/vm_state.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "boot/x86_64/e820.h"
+#include "vmm/base/mmap_region.h"
 
 namespace vmm {
 
@@ -48,6 +53,87 @@ Result<void> save_vm_state(const VmFd& vm, snapshot::Section& out) {
   VMM_TRY(auto pit, vm.get_pit2());
   out.put_pod("pit2", pit);
   return ok();
+}
+
+Result<void> restore_vcpu_state(VcpuFd& vcpu, const snapshot::Section& in) {
+  VMM_TRY(auto regs, in.get_pod<kvm_regs>("regs"));
+  VMM_TRY(auto sregs, in.get_pod<kvm_sregs>("sregs"));
+  VMM_TRY(auto fpu, in.get_pod<kvm_fpu>("fpu"));
+  VMM_TRY(auto xsave, in.get_bytes("xsave"));
+  VMM_TRY(auto xcrs, in.get_pod<kvm_xcrs>("xcrs"));
+  VMM_TRY(auto dregs, in.get_pod<kvm_debugregs>("debugregs"));
+  VMM_TRY(auto events, in.get_pod<kvm_vcpu_events>("events"));
+  VMM_TRY(auto mp, in.get_pod<kvm_mp_state>("mp_state"));
+  VMM_TRY(auto lapic, in.get_pod<kvm_lapic_state>("lapic"));
+  VMM_TRY(auto msrs, in.get_pod_array<kvm_msr_entry>("msrs", 4096));
+  VMM_CHECK(vcpu.set_regs(regs));
+  if (xsave.empty()) {
+    VMM_CHECK(vcpu.set_fpu(fpu));
+  } else {
+    VMM_CHECK(vcpu.set_xsave(xsave));
+  }
+  if (xcrs.nr_xcrs != 0) VMM_CHECK(vcpu.set_xcrs(xcrs));
+  VMM_CHECK(vcpu.set_sregs(sregs));
+  VMM_CHECK(vcpu.set_msrs(msrs));
+  VMM_CHECK(vcpu.set_vcpu_events(events));
+  VMM_CHECK(vcpu.set_mp_state(mp));
+  VMM_CHECK(vcpu.set_lapic(lapic));
+  VMM_CHECK(vcpu.set_debugregs(dregs));
+  return ok();
+}
+
+Result<void> restore_vm_state(VmFd& vm, const snapshot::Section& in) {
+  VMM_TRY(auto clock, in.get_pod<kvm_clock_data>("clock"));
+  VMM_TRY(auto master, in.get_pod<kvm_irqchip>("pic_master"));
+  VMM_TRY(auto slave, in.get_pod<kvm_irqchip>("pic_slave"));
+  VMM_TRY(auto ioapic, in.get_pod<kvm_irqchip>("ioapic"));
+  VMM_TRY(auto pit, in.get_pod<kvm_pit_state2>("pit2"));
+  if (master.chip_id != KVM_IRQCHIP_PIC_MASTER || slave.chip_id != KVM_IRQCHIP_PIC_SLAVE ||
+      ioapic.chip_id != KVM_IRQCHIP_IOAPIC)
+    return make_error("vm: irqchip ids {} {} {} are not PIC master, slave, IOAPIC", master.chip_id,
+                      slave.chip_id, ioapic.chip_id);
+  VMM_CHECK(vm.set_irqchip(master));
+  VMM_CHECK(vm.set_irqchip(slave));
+  VMM_CHECK(vm.set_irqchip(ioapic));
+  VMM_CHECK(vm.set_pit2(pit));
+  clock.flags = 0;  // only the clock value: no realtime/TSC adjustment on this host
+  VMM_CHECK(vm.set_clock(clock));
+  return ok();
+}
+
+Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno_error("cannot open memory file '{}'", path);
+  UniqueFd file(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) return errno_error("stat memory file '{}'", path);
+  if (static_cast<uint64_t>(st.st_size) != mem_bytes)
+    return make_error("memory file '{}' is {} bytes; the snapshot's guest has {}", path,
+                      st.st_size, mem_bytes);
+  GuestMemory mem;
+  uint64_t off = 0;
+  for (auto [start, size] : boot::guest_ram_ranges(mem_bytes)) {
+    if (copy) {
+      VMM_TRY(auto region, MmapRegion::anonymous(size));
+      uint64_t done = 0;
+      while (done < size) {
+        ssize_t n = ::pread(fd, region.data() + done, size - done, static_cast<off_t>(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return errno_error("reading memory file '{}'", path);
+        done += static_cast<uint64_t>(n);
+      }
+      VMM_CHECK(mem.add_region(start, std::move(region)));
+    } else {
+      // Private: guest writes never reach the file, and pages are read only
+      // when the guest touches them.
+      VMM_TRY(auto region, MmapRegion::map(nullptr, size, PROT_READ | PROT_WRITE,
+                                           MAP_PRIVATE | MAP_NORESERVE, fd,
+                                           static_cast<off_t>(off)));
+      VMM_CHECK(mem.add_region(start, std::move(region)));
+    }
+    off += size;
+  }
+  return mem;
 }
 
 Result<uint64_t> write_memory_file(const GuestMemory& mem, const std::string& path) {

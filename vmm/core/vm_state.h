@@ -22,6 +22,16 @@ Result<void> save_vcpu_state(const VcpuFd& vcpu, std::span<const uint32_t> msr_i
 // Section "vm": clock, pic_master, pic_slave, ioapic, pit2.
 Result<void> save_vm_state(const VmFd& vm, snapshot::Section& out);
 
+// The inverse of save_vcpu_state, in the order KVM needs (regs, xsave,
+// xcrs, sregs, msrs, events, mp_state, lapic, debugregs).
+Result<void> restore_vcpu_state(VcpuFd& vcpu, const snapshot::Section& in);
+Result<void> restore_vm_state(VmFd& vm, const snapshot::Section& in);
+
+// Guest memory backed by a snapshot's memory file: each RAM range of
+// boot::guest_ram_ranges(mem_bytes) mapped MAP_PRIVATE (lazy, copy-on-write)
+// from its offset in the file, or copied into anonymous memory when `copy`.
+Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy);
+
 // Writes every guest memory region back to back into `path` (created 0600,
 // fsynced), leaving 4 KiB pages that are all zero as holes (a sparse file).
 // Returns the number of bytes of data actually written.
