@@ -31,6 +31,15 @@ EXAMPLES
   vmm --kernel vmlinux --initrd initrd.cpio --disk path=rootfs.ext4 --net tap=tap0 --rng
 )";
 
+// Runs the VM, tears it down, logs how it ended, and returns the exit code.
+int run_to_end(std::unique_ptr<vmm::Vm> vm) {
+  vmm::ExitStatus st = vm->run();
+  vm.reset();
+  if (st.code == 0) spdlog::info("{}", st.reason);
+  else spdlog::error("{} (exit code {})", st.reason, st.code);
+  return st.code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,11 +151,7 @@ int main(int argc, char** argv) {
       spdlog::error("--restore {}: {}", restore_dir, vm.error().to_string());
       return vmm::kExitUsage;
     }
-    vmm::ExitStatus st = (*vm)->run();
-    vm->reset();
-    if (st.code == 0) spdlog::info("{}", st.reason);
-    else spdlog::error("{} (exit code {})", st.reason, st.code);
-    return st.code;
+    return run_to_end(std::move(*vm));
   }
   if (cfg.kernel.empty()) {
     spdlog::error("--kernel is required (or --restore DIR)");
@@ -162,9 +167,5 @@ int main(int argc, char** argv) {
     spdlog::error("{}", vm.error().to_string());
     return vmm::kExitVmmError;
   }
-  vmm::ExitStatus st = (*vm)->run();
-  vm->reset();
-  if (st.code == 0) spdlog::info("{}", st.reason);
-  else spdlog::error("{} (exit code {})", st.reason, st.code);
-  return st.code;
+  return run_to_end(std::move(*vm));
 }

@@ -266,7 +266,8 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
   return in;
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
+Result<std::unique_ptr<Vm>> Vm::build(const VmConfig& cfg, GuestMemory mem,
+                                      std::vector<std::shared_ptr<virtio::WorkerDevice>> devices) {
   VMM_TRY(auto kvm, KvmSystem::open(cfg.kvm_device.c_str()));
   for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY}) {
     if (!kvm.check_extension(cap)) return make_error("KVM lacks a required capability ({})", cap);
@@ -282,15 +283,19 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
   VMM_CHECK(vmfd.create_irqchip());
   VMM_CHECK(vmfd.create_pit2());
 
-  GuestMemory mem = std::move(in.mem);
   uint32_t slot = 0;
   for (const auto& r : mem.regions())
     VMM_CHECK(vmfd.set_user_memory_region(slot++, r.start, r.size(), r.host()));
 
   std::unique_ptr<Vm> vm(new Vm(cfg, std::move(kvm), std::move(vmfd), std::move(mem)));
-  vm->symbols_ = std::move(in.symbols);
   VMM_CHECK(vm->setup_devices());
-  VMM_CHECK(vm->setup_virtio(std::move(in.virtio_devices)));
+  VMM_CHECK(vm->setup_virtio(std::move(devices)));
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg, VmInputs in) {
+  VMM_TRY(auto vm, build(cfg, std::move(in.mem), std::move(in.virtio_devices)));
+  vm->symbols_ = std::move(in.symbols);
   VMM_CHECK(vm->load_guest(in.kernel, in.initrd));
   for (int i = 0; i < cfg.cpus; ++i) {
     VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
@@ -309,18 +314,7 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
   VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
                                     copy_memory));
   VMM_TRY(auto devices, make_virtio_devices(cfg));
-  VMM_TRY(auto kvm, KvmSystem::open(cfg.kvm_device.c_str()));
-  VMM_TRY(auto vmfd, kvm.create_vm());
-  VMM_CHECK(vmfd.set_tss_addr(layout::kKvmTssAddr));
-  VMM_CHECK(vmfd.set_identity_map_addr(layout::kKvmIdentityMapAddr));
-  VMM_CHECK(vmfd.create_irqchip());
-  VMM_CHECK(vmfd.create_pit2());
-  uint32_t slot = 0;
-  for (const auto& r : mem.regions())
-    VMM_CHECK(vmfd.set_user_memory_region(slot++, r.start, r.size(), r.host()));
-  std::unique_ptr<Vm> vm(new Vm(cfg, std::move(kvm), std::move(vmfd), std::move(mem)));
-  VMM_CHECK(vm->setup_devices());
-  VMM_CHECK(vm->setup_virtio(std::move(devices)));
+  VMM_TRY(auto vm, build(cfg, std::move(mem), std::move(devices)));
   const snapshot::Section& tree = file.tree;
   for (int i = 0; i < cfg.cpus; ++i) {
     VMM_TRY(auto fd, vm->vm_.create_vcpu(i));

@@ -111,6 +111,11 @@ class Vm {
   };
 
   Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem);
+  // What create() and restore() share: KVM VM with irqchip/PIT, memory slots,
+  // legacy devices and the virtio slots; no vCPUs yet.
+  static Result<std::unique_ptr<Vm>> build(
+      const VmConfig& cfg, GuestMemory mem,
+      std::vector<std::shared_ptr<virtio::WorkerDevice>> devices);
   Result<void> setup_devices();
   Result<void> setup_virtio(std::vector<std::shared_ptr<virtio::WorkerDevice>> devices);
   // Everything after the kernel image: command line, initrd, firmware tables,
