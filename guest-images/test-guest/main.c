@@ -320,6 +320,48 @@ static void cmd_tsc(const char *arg) {
   con_putc('\n');
 }
 
+/* The guest's view of kvmclock (what Linux's kvm-clock clocksource reads):
+ * MSR_KVM_SYSTEM_TIME_NEW points KVM at a pvclock record, and the time is
+ * system_time + scaled (TSC - tsc_timestamp). Prints "KVMCLOCK <ns>". */
+struct pvclock {
+  volatile uint32_t version, pad0;
+  volatile uint64_t tsc_timestamp, system_time;
+  volatile uint32_t mul;
+  volatile int8_t shift;
+  volatile uint8_t flags, pad[2];
+};
+static struct pvclock kvmclock_rec __attribute__((aligned(64)));
+static bool kvmclock_on;
+
+static void cmd_kvmclock(const char *arg) {
+  (void)arg;
+  uint32_t r[4];
+  cpuid(0x40000001, 0, r); /* KVM features: bit 3 = KVM_FEATURE_CLOCKSOURCE2 */
+  if (!(r[0] & (1u << 3))) {
+    con_puts("KVMCLOCK unsupported\n");
+    return;
+  }
+  if (!kvmclock_on) {
+    wrmsr(0x4b564d01, (uint64_t)(uintptr_t)&kvmclock_rec | 1);
+    kvmclock_on = true;
+  }
+  uint64_t ns;
+  uint32_t v;
+  do {
+    v = kvmclock_rec.version;
+    barrier();
+    uint64_t delta = rdtsc() - kvmclock_rec.tsc_timestamp;
+    int8_t shift = kvmclock_rec.shift;
+    delta = shift < 0 ? delta >> -shift : delta << shift;
+    ns = kvmclock_rec.system_time +
+         (uint64_t)(((unsigned __int128)delta * kvmclock_rec.mul) >> 32);
+    barrier();
+  } while ((v & 1) || v != kvmclock_rec.version);
+  con_puts("KVMCLOCK ");
+  con_dec(ns);
+  con_putc('\n');
+}
+
 static const struct {
   const char *name;
   void (*fn)(const char *arg);
@@ -335,6 +377,7 @@ static const struct {
     {"netecho", cmd_netecho}, {"vbad", cmd_vbad},       {"vreset", cmd_vreset},
     {"blkbench", cmd_blkbench}, {"netbench", cmd_netbench}, {"benchirq", cmd_benchirq},
     {"mmiobench", cmd_mmiobench}, {"tsc", cmd_tsc},
+    {"kvmclock", cmd_kvmclock},
 };
 
 #define LINE_MAX 128

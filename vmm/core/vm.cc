@@ -321,6 +321,9 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
     vm->vcpus_.push_back(std::make_unique<Vcpu>(i, std::move(fd)));
     VMM_CHECK(vm->setup_vcpu(*vm->vcpus_.back(), false));  // CPUID and defaults
     VMM_TRY(const auto* sec, tree.section(fmt::format("vcpu{}", i)));
+    VMM_TRY(auto saved_cpuid, sec->get_pod_array<kvm_cpuid_entry2>("cpuid", 4096));
+    auto cr = check_cpuid(saved_cpuid, vm->vcpus_.back()->cpuid);
+    if (!cr.ok()) return make_error("vcpu{}: {}", i, cr.error().to_string());
     auto r = restore_vcpu_state(vm->vcpus_.back()->fd, *sec);
     if (!r.ok()) return make_error("restoring vcpu{}: {}", i, r.error().to_string());
   }
@@ -537,7 +540,9 @@ Result<void> Vm::setup_vcpu(Vcpu& v, bool boot_cpu) {
   VMM_TRY(auto entries, boot::apply_cpu_template(from_kvm(supported), cfg_.cpu_template,
                                                  static_cast<uint32_t>(v.index),
                                                  static_cast<uint32_t>(cfg_.cpus)));
-  VMM_CHECK(v.fd.set_cpuid2(to_kvm(entries)));
+  auto table = to_kvm(entries);
+  VMM_CHECK(v.fd.set_cpuid2(table));
+  v.cpuid = table.entries();
 
   // Fast strings on; MTRRs enabled with write-back default type.
   const kvm_msr_entry msrs[] = {
@@ -652,6 +657,15 @@ Result<void> Vm::pause() {
   }
   input_paused_ = true;
   for (auto& slot : virtio_) slot.device->pause();
+  // Guest time stops with the guest (as QEMU does on stop/cont).
+  auto clock = vm_.get_clock();
+  if (clock.ok()) {
+    paused_clock_ = *clock;
+  } else {
+    paused_clock_.reset();
+    spdlog::warn("pause: KVM_GET_CLOCK: {}; guest time will include the pause",
+                 clock.error().to_string());
+  }
   run_state_ = RunState::kPaused;
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("paused ({:.2f} ms)", ms);
@@ -662,6 +676,13 @@ Result<void> Vm::resume() {
   std::unique_lock lk(pause_mu_);
   if (run_state_ == RunState::kRunning) return ok();
   if (run_state_ != RunState::kPaused) return make_error("the VM is {}", state_name(run_state_));
+  if (paused_clock_) {
+    kvm_clock_data c{};
+    c.clock = paused_clock_->clock;  // flags 0: the value as it was, no realtime catch-up
+    auto r = vm_.set_clock(c);
+    if (!r.ok()) spdlog::warn("resume: KVM_SET_CLOCK: {}", r.error().to_string());
+    paused_clock_.reset();
+  }
   for (auto& slot : virtio_) slot.device->resume();
   input_paused_ = false;
   pause_requested_ = false;
@@ -697,8 +718,17 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
                       {"active", s.device->active()},
                       {"needs_reset", s.device->broken()}});
     }
+    // kvmclock as the guest sees it (frozen while paused).
+    nlohmann::json guest_clock = nullptr;
+    {
+      std::lock_guard lk(pause_mu_);
+      if (paused_clock_) guest_clock = paused_clock_->clock;
+    }
+    if (guest_clock.is_null())
+      if (auto c = vm_.get_clock(); c.ok()) guest_clock = c->clock;
     return nlohmann::json{{"state", state_name(state())},
                           {"uptime_ms", ms_since_start()},
+                          {"guest_clock_ns", guest_clock},
                           {"vcpus", cfg_.cpus},
                           {"mem_bytes", cfg_.mem_bytes},
                           {"kernel", cfg_.kernel},
@@ -746,8 +776,11 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
     snapshot::Section tree;
     VMM_CHECK(save_vm_state(vm_, tree.add_section("vm")));
     VMM_TRY(auto msr_list, kvm_.msr_index_list());
-    for (auto& v : vcpus_)
-      VMM_CHECK(save_vcpu_state(v->fd, msr_list, tree.add_section(fmt::format("vcpu{}", v->index))));
+    for (auto& v : vcpus_) {
+      auto& sec = tree.add_section(fmt::format("vcpu{}", v->index));
+      VMM_CHECK(save_vcpu_state(v->fd, msr_list, sec));
+      sec.put_pod_array("cpuid", std::span<const kvm_cpuid_entry2>(v->cpuid));
+    }
     serial_->save_section(tree.add_section("serial0"));
     i8042_->save_section(tree.add_section("i8042"));
     probe_->save_section(tree.add_section("boot_probe"));

@@ -107,6 +107,7 @@ class Vm {
     std::atomic<bool> exited{false};
     std::atomic<bool> sample_requested{false};
     uint64_t fallbacks_int3 = 0, fallbacks_fwait = 0;
+    std::vector<kvm_cpuid_entry2> cpuid;  // as given to KVM by setup_vcpu
     Vcpu(int i, VcpuFd f) : index(i), fd(std::move(f)) {}
   };
 
@@ -172,6 +173,9 @@ class Vm {
   std::atomic<bool> input_paused_{false};
   int parked_ = 0;  // vCPUs parked, pause_mu_
   RunState run_state_ = RunState::kCreated;  // pause_mu_
+  // kvmclock when the VM paused, set back on resume so guest time does not
+  // include the pause (pause_mu_).
+  std::optional<kvm_clock_data> paused_clock_;
   std::unique_ptr<ApiServer> api_;
 
   std::mutex sample_mu_;

@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "boot/x86_64/e820.h"
 #include "vmm/base/mmap_region.h"
@@ -99,6 +103,51 @@ Result<void> restore_vm_state(VmFd& vm, const snapshot::Section& in) {
   clock.flags = 0;  // only the clock value: no realtime/TSC adjustment on this host
   VMM_CHECK(vm.set_clock(clock));
   return ok();
+}
+
+Result<void> check_cpuid(std::span<const kvm_cpuid_entry2> saved,
+                         std::span<const kvm_cpuid_entry2> current) {
+  auto key = [](const kvm_cpuid_entry2& e) {
+    return (static_cast<uint64_t>(e.function) << 32) | e.index;
+  };
+  auto sorted = [&](std::span<const kvm_cpuid_entry2> t) {
+    std::vector<kvm_cpuid_entry2> v(t.begin(), t.end());
+    std::sort(v.begin(), v.end(), [&](const auto& a, const auto& b) { return key(a) < key(b); });
+    return v;
+  };
+  auto a = sorted(saved), b = sorted(current);
+  std::vector<std::string> diffs;
+  size_t total = 0;
+  auto note = [&](std::string d) {
+    if (diffs.size() < 4) diffs.push_back(std::move(d));
+    ++total;
+  };
+  size_t i = 0, j = 0;
+  while (i < a.size() || j < b.size()) {
+    if (j == b.size() || (i < a.size() && key(a[i]) < key(b[j]))) {
+      note(fmt::format("leaf {:#x}.{} only in the snapshot", a[i].function, a[i].index));
+      ++i;
+    } else if (i == a.size() || key(b[j]) < key(a[i])) {
+      note(fmt::format("leaf {:#x}.{} only on this host", b[j].function, b[j].index));
+      ++j;
+    } else {
+      const uint32_t sa[4] = {a[i].eax, a[i].ebx, a[i].ecx, a[i].edx};
+      const uint32_t sb[4] = {b[j].eax, b[j].ebx, b[j].ecx, b[j].edx};
+      static constexpr const char* kReg[4] = {"eax", "ebx", "ecx", "edx"};
+      for (int r = 0; r < 4; ++r)
+        if (sa[r] != sb[r])
+          note(fmt::format("leaf {:#x}.{} {}: snapshot {:#010x}, this host {:#010x}",
+                           a[i].function, a[i].index, kReg[r], sa[r], sb[r]));
+      ++i;
+      ++j;
+    }
+  }
+  if (total == 0) return ok();
+  std::string list;
+  for (const auto& d : diffs) list += (list.empty() ? "" : "; ") + d;
+  if (total > diffs.size()) list += fmt::format("; and {} more", total - diffs.size());
+  return make_error("CPUID differs from the snapshot's ({} difference{}): {}", total,
+                    total == 1 ? "" : "s", list);
 }
 
 Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy) {

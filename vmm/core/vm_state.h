@@ -27,6 +27,13 @@ Result<void> save_vm_state(const VmFd& vm, snapshot::Section& out);
 Result<void> restore_vcpu_state(VcpuFd& vcpu, const snapshot::Section& in);
 Result<void> restore_vm_state(VmFd& vm, const snapshot::Section& in);
 
+// Restoring onto a host/template whose CPUID differs from the one the guest
+// saw is refused: `saved` (section "cpuid" of a vCPU) against `current` (what
+// this VMM would give that vCPU now), compared by (function, index) on
+// eax..edx. The error lists up to 4 differences.
+Result<void> check_cpuid(std::span<const kvm_cpuid_entry2> saved,
+                         std::span<const kvm_cpuid_entry2> current);
+
 // Guest memory backed by a snapshot's memory file: each RAM range of
 // boot::guest_ram_ranges(mem_bytes) mapped MAP_PRIVATE (lazy, copy-on-write)
 // from its offset in the file, or copied into anonymous memory when `copy`.
