@@ -6,6 +6,8 @@
 
 #include "vmm/base/log.h"
 #include "vmm/core/config.h"
+#include "vmm/core/migration.h"
+#include "vmm/migration/protocol.h"
 #include "vmm/core/vm.h"
 
 namespace {
@@ -57,6 +59,15 @@ int main(int argc, char** argv) {
   app.add_flag("--restore-copy", restore_copy,
                "With --restore: copy the memory file instead of mapping it copy-on-write");
   kernel_opt->excludes(restore_opt);
+  vmm::IncomingOptions incoming;
+  auto* incoming_opt = app.add_option(
+      "--incoming", incoming.uri,
+      "Receive a live migration on tcp:HOST:PORT or unix:PATH instead of booting (give the "
+      "same --mem/--cpus/--disk/--net/--rng as the source)");
+  incoming_opt->excludes(kernel_opt)->excludes(restore_opt);
+  app.add_option("--incoming-timeout", incoming.accept_timeout_s,
+                 "With --incoming: give up (exit 1) if no source connects within N seconds "
+                 "(default 0 = wait forever)");
   app.add_option("-i,--initrd", cfg.initrd, "Initial ramdisk (cpio, optionally compressed)");
   auto* cmdline_opt = app.add_option(
       "-c,--cmdline", cfg.cmdline,
@@ -153,8 +164,24 @@ int main(int argc, char** argv) {
     }
     return run_to_end(std::move(*vm));
   }
+  if (!incoming.uri.empty()) {
+    if (cmdline_opt->count() > 0 || !cfg.initrd.empty()) {
+      spdlog::error("--incoming receives a running guest: do not give --initrd or --cmdline");
+      return vmm::kExitUsage;
+    }
+    if (auto u = vmm::migration::parse_uri(incoming.uri); !u.ok()) {
+      spdlog::error("--incoming: {}", u.error().to_string());
+      return vmm::kExitUsage;
+    }
+    auto vm = vmm::migrate_incoming(cfg, incoming);
+    if (!vm.ok()) {
+      spdlog::error("{}", vm.error().to_string());
+      return vmm::kExitVmmError;
+    }
+    return run_to_end(std::move(*vm));
+  }
   if (cfg.kernel.empty()) {
-    spdlog::error("--kernel is required (or --restore DIR)");
+    spdlog::error("--kernel is required (or --restore DIR, or --incoming URI)");
     return vmm::kExitUsage;
   }
   auto inputs = vmm::Vm::prepare(cfg);

@@ -219,6 +219,7 @@ void NetDevice::process_rx() {
       ++stats_.rx_frames;
       stats_.rx_bytes += used - kNetHdrSize;
     }
+    rx_chain_->mark_written(mem());
     if (auto r = q.add_used(mem(), rx_chain_->head_index(), used); !r.ok())
       return fail(kRxQueue, r.error());
     rx_chain_.reset();

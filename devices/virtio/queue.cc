@@ -30,6 +30,7 @@ Result<void> ring_store16(const GuestMemory& mem, Gpa gpa, uint16_t v) {
   if (reinterpret_cast<uintptr_t>(p) % alignof(uint16_t) != 0)
     return make_error("virtqueue: ring field at {:#x} is not 2-byte aligned", gpa);
   std::atomic_ref<uint16_t>(*p).store(v, std::memory_order_relaxed);
+  mem.mark_dirty(gpa, 2);
   return ok();
 }
 
@@ -137,6 +138,12 @@ Result<size_t> DescriptorChain::write_writable(const GuestMemory& mem, uint64_t 
     offset = 0;
   }
   return done;
+}
+
+void DescriptorChain::mark_written(const GuestMemory& mem) const {
+  if (!mem.dirty_tracking()) return;
+  for (const auto& b : buffers_)
+    if (b.writable) mem.mark_dirty(b.addr, b.len);
 }
 
 // --- Queue -------------------------------------------------------------------

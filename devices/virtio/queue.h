@@ -90,6 +90,10 @@ class DescriptorChain {
   // up to the end of the writable part. Returns the number of bytes written.
   Result<size_t> write_writable(const GuestMemory& mem, uint64_t offset,
                                 std::span<const uint8_t> in) const;
+  // Marks every writable buffer dirty for live migration
+  // (GuestMemory::mark_dirty): call after the device wrote through iovecs and
+  // before add_used.
+  void mark_written(const GuestMemory& mem) const;
 
  private:
   uint16_t head_ = 0;

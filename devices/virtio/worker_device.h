@@ -176,6 +176,7 @@ void WorkerDevice::drain_queue(size_t i, Handle&& handle) {
       if (!chain->has_value()) break;
       Result<uint32_t> used = handle(**chain);
       if (!used.ok()) return fail(i, used.error());
+      (*chain)->mark_written(*mem_);
       if (auto r = q.add_used(*mem_, (*chain)->head_index(), *used); !r.ok())
         return fail(i, r.error());
     }

@@ -5,6 +5,7 @@
 /* --- Fixed guest-physical addresses --- */
 #define TRAMPOLINE_ADDR   0x8000       /* AP real-mode trampoline (SIPI vector 0x08) */
 #define SPIN_COUNTER_ADDR 0x60000      /* `spin` increments a u64 here */
+#define DIRTY_BASE 0x2000000ull         /* `dirty` walks pages from 32 MiB */
 #define MP_EBDA_START     0x9fc00      /* MP floating pointer search windows */
 #define MP_EBDA_END       0xa0000
 #define MP_BIOS_START     0xf0000
@@ -95,6 +96,7 @@ void idt_set_gate(unsigned vector, const void *handler, unsigned dpl);
  * user code runs natively, so compute-heavy commands run there. */
 void user_run(void (*fn)(const char *arg), const char *arg);
 void user_call(void (*fn)(const char *arg), const char *arg); /* user.S; needs user_init() */
+void user_allow(uint64_t start, uint64_t end); /* make [start, end) user-accessible too */
 /* No port I/O in ring 3 (IOPL 0; on that host it faults even with IOPL 3),
  * so con_putc() in ring 3 buffers a line and hands it to ring 0 (user.S). */
 static inline bool in_user_mode(void) {

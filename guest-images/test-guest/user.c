@@ -87,6 +87,12 @@ static void user_init(void) {
   user_ready = true;
 }
 
+void user_allow(uint64_t start, uint64_t end) {
+  set_user_range(start, end);
+  uint64_t cr3;
+  __asm__ volatile("mov %%cr3, %0; mov %0, %%cr3" : "=r"(cr3) : : "memory"); /* flush TLB */
+}
+
 void user_run(void (*fn)(const char *arg), const char *arg) {
   if (!user_ready) user_init();
   user_call(fn, arg);

@@ -5,14 +5,13 @@ import argparse
 import json
 import re
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmmtest import Guest, check, require_kvm  # noqa: E402
+from vmmtest import Client, Guest, check, require_kvm  # noqa: E402
 
 TESTS = {}
 
@@ -20,65 +19,6 @@ TESTS = {}
 def test(fn):
     TESTS[fn.__name__] = fn
     return fn
-
-
-class Client:
-    """A raw control-socket client: line-delimited JSON."""
-
-    def __init__(self, path, timeout=10):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.s.settimeout(timeout)
-        self.buf = b""
-        self.events = []
-        self.next_id = 1
-
-    def line(self):
-        while b"\n" not in self.buf:
-            data = self.s.recv(65536)
-            if not data:
-                raise EOFError("control socket closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def send_raw(self, text):
-        self.s.sendall(text.encode() + b"\n")
-
-    def call(self, cmd, **args):
-        rid = self.next_id
-        self.next_id += 1
-        self.send_raw(json.dumps({"id": rid, "cmd": cmd, **args}))
-        return self.reply(rid)
-
-    def reply(self, rid):
-        while True:
-            msg = self.line()
-            if "event" in msg:
-                self.events.append(msg)
-                continue
-            if msg.get("id") == rid:
-                return msg
-
-    def wait_event(self, name, timeout=10):
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.events:
-                if e["event"] == name:
-                    return e
-            self.s.settimeout(max(0.01, deadline - time.monotonic()))
-            msg = self.line()
-            if "event" in msg:
-                self.events.append(msg)
 
 
 def ticks(g):
@@ -146,6 +86,43 @@ def api_pause_resume(a):
             rc = g.wait()
             check(rc == 0, f"exit code {rc} after shutdown", g)
             check(not os.path.exists(sock), "socket file left behind", g)
+        finally:
+            g.kill()
+
+
+def kvmclock(g):
+    """The guest's own kvmclock reading (ns) and the host's monotonic time."""
+    t = time.monotonic()
+    line = g.command("kvmclock", "KVMCLOCK ")
+    check(line != "KVMCLOCK unsupported", "the guest has no kvmclock", g)
+    return int(line.split()[1]), t
+
+
+@test
+def api_pause_freezes_clock(a):
+    """Guest time (kvmclock, read by the guest) does not advance while the VM
+    is paused; status reports the frozen value."""
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "vm.sock")
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock))
+        try:
+            g.expect("TESTGUEST READY")
+            c = Client(sock)
+            k1, t1 = kvmclock(g)
+            check(c.call("pause")["ok"], "pause", g)
+            s1 = c.call("status")["guest_clock_ns"]
+            time.sleep(2.0)
+            s2 = c.call("status")["guest_clock_ns"]
+            check(s1 == s2, f"status guest_clock_ns moved while paused: {s1} -> {s2}", g)
+            check(c.call("resume")["ok"], "resume", g)
+            k2, t2 = kvmclock(g)
+            wall, guest = t2 - t1, (k2 - k1) / 1e9
+            print(f"wall {wall:.3f} s, guest {guest:.3f} s across a 2 s pause")
+            check(0 < guest < wall - 1.5,
+                  f"guest clock advanced {guest:.3f} s in {wall:.3f} s with 2 s paused", g)
+            # And it keeps running afterwards.
+            k3, _ = kvmclock(g)
+            check(k3 > k2, f"kvmclock after resume {k2} -> {k3}", g)
         finally:
             g.kill()
 
@@ -277,12 +254,23 @@ def snapshot_restore_disk(a):
             check(g.command("blkwrite 10 20 7", "BLKWRITE ") == "BLKWRITE ok", "blkwrite", g)
             want = g.command("blkread 0 64", "BLKREAD ")
             c = Client(sock)
+            k1, t1 = kvmclock(g)
             check(c.call("snapshot-create", dir=snap)["ok"], "snapshot-create", g)
+            t_snap = time.monotonic()
             check(g.command("echo still-here", "still-here") == "still-here", "source runs", g)
         finally:
             g.kill()
+        time.sleep(1.0)
+        t_restore = time.monotonic()
         g2 = Guest(a.vmm, None, ("--restore", snap))
         try:
+            # Guest time continues from the snapshot: the time between
+            # snapshot and restore (> 1 s here) is not in it.
+            k2, t2 = kvmclock(g2)
+            guest, wall, gap = (k2 - k1) / 1e9, t2 - t1, t_restore - t_snap
+            print(f"guest {guest:.3f} s, wall {wall:.3f} s, {gap:.3f} s between snapshot and restore")
+            check(0 < guest < wall - gap + 0.3,
+                  f"guest clock advanced {guest:.3f} s in {wall:.3f} s with {gap:.3f} s stopped", g2)
             g2.send("echo restored-ok")
             g2.expect("restored-ok")
             check(g2.command("blkread 0 64", "BLKREAD ") == want, "blkread after restore", g2)

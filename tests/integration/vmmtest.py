@@ -1,6 +1,8 @@
 """Drives the vmm binary with a guest on its serial console (stdin/stdout pipes)."""
+import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +101,68 @@ class Guest:
     def transcript(self):
         return ("--- console ---\n" + self.out.decode(errors="replace") +
                 "\n--- vmm log ---\n" + self.err.decode(errors="replace"))
+
+
+class Client:
+    """A raw control-socket client: line-delimited JSON."""
+
+    def __init__(self, path, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.s.connect(path)
+                break
+            except OSError:
+                self.s.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.s.settimeout(timeout)
+        self.buf = b""
+        self.events = []
+        self.next_id = 1
+
+    def line(self):
+        while b"\n" not in self.buf:
+            data = self.s.recv(65536)
+            if not data:
+                raise EOFError("control socket closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def send_raw(self, text):
+        self.s.sendall(text.encode() + b"\n")
+
+    def close(self):
+        self.s.close()
+
+    def call(self, cmd, **args):
+        rid = self.next_id
+        self.next_id += 1
+        self.send_raw(json.dumps({"id": rid, "cmd": cmd, **args}))
+        return self.reply(rid)
+
+    def reply(self, rid):
+        while True:
+            msg = self.line()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            if msg.get("id") == rid:
+                return msg
+
+    def wait_event(self, name, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events:
+                if e["event"] == name:
+                    return e
+            self.s.settimeout(max(0.01, deadline - time.monotonic()))
+            msg = self.line()
+            if "event" in msg:
+                self.events.append(msg)
 
 
 def check(cond, msg, guest=None):

@@ -28,6 +28,7 @@
 #include "vmm/base/event_loop.h"
 #include "vmm/base/log.h"
 #include "vmm/core/cpuid_probe.h"
+#include "vmm/core/migration.h"
 #include "vmm/core/vm_state.h"
 #include "vmm/snapshot/state_file.h"
 #include "vmm/core/emulation_fallback.h"
@@ -148,7 +149,7 @@ Vm::Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem)
     : cfg_(cfg), kvm_(std::move(kvm)), vm_(std::move(vm)), mem_(std::move(mem)) {}
 
 // The configuration a snapshot records, and restore rebuilds the VM from.
-static std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c) {
+std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c) {
   std::vector<std::pair<std::string, std::string>> out = {
       {"mem_bytes", std::to_string(c.mem_bytes)},
       {"vcpus", std::to_string(c.cpus)},
@@ -225,6 +226,7 @@ static Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> make_virtio_de
 }
 
 Vm::~Vm() {
+  migration_.reset();  // joins a migration thread (it reads guest memory)
   if (console_in_) console_in_->stop();
   // Device workers write guest memory: stop them before it goes away.
   for (auto& slot : virtio_) slot.device->reset();
@@ -313,6 +315,20 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
   VMM_CHECK(config_from_header(file.header, cfg));
   VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
                                     copy_memory));
+  VMM_TRY(auto vm, restore_from(user_cfg, file, std::move(mem)));
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("restored from {} in {:.2f} ms ({} MiB {}, {} vCPU(s), {} virtio device(s))", dir, ms,
+               cfg.mem_bytes >> 20, copy_memory ? "copied" : "mapped", cfg.cpus, vm->virtio_.size());
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::restore_from(const VmConfig& user_cfg,
+                                             const snapshot::StateFile& file, GuestMemory mem) {
+  VmConfig cfg = user_cfg;
+  VMM_CHECK(config_from_header(file.header, cfg));
+  if (mem.total_size() != cfg.mem_bytes)
+    return make_error("guest memory is {} bytes; the saved VM has {}", mem.total_size(),
+                      cfg.mem_bytes);
   VMM_TRY(auto devices, make_virtio_devices(cfg));
   VMM_TRY(auto vm, build(cfg, std::move(mem), std::move(devices)));
   const snapshot::Section& tree = file.tree;
@@ -346,9 +362,6 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
     vm->virtio_[i].device->resume();  // restored devices come up paused
   }
   vm->cmdline_ = "(restored)";
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("restored from {} in {:.2f} ms ({} MiB {}, {} vCPU(s), {} virtio device(s))", dir, ms,
-               cfg.mem_bytes >> 20, copy_memory ? "copied" : "mapped", cfg.cpus, vm->virtio_.size());
   return vm;
 }
 
@@ -733,7 +746,9 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
                           {"mem_bytes", cfg_.mem_bytes},
                           {"kernel", cfg_.kernel},
                           {"cmdline", cmdline_},
-                          {"virtio", devs}};
+                          {"virtio", devs},
+                          {"migration", migration_ ? migration_->status()
+                                                   : nlohmann::json{{"state", "none"}}}};
   }
   if (cmd == "pause") {
     VMM_CHECK(pause());
@@ -752,12 +767,105 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
     if (api_) api_->emit("snapshot-done", summary);
     return summary;
   }
+  if (cmd == "migrate") {
+    VMM_TRY(auto opts, parse_migrate_request(req));
+    if (!migration_) migration_ = std::make_unique<MigrationSource>(*this);
+    VMM_CHECK(migration_->start(opts));
+    return nlohmann::json{{"started", true}, {"uri", opts.uri}};
+  }
+  if (cmd == "migrate-cancel") {
+    if (!migration_ || !migration_->cancel()) return make_error("no migration is running");
+    return nlohmann::json::object();
+  }
   if (cmd == "shutdown") {
     request_stop({kExitOk, "shutdown requested on the control socket"});
     return nlohmann::json::object();
   }
-  return make_error("unknown command '{}' (status, pause, resume, snapshot-create, shutdown)",
-                    cmd);
+  return make_error(
+      "unknown command '{}' (status, pause, resume, snapshot-create, migrate, migrate-cancel, "
+      "shutdown)",
+      cmd);
+}
+
+snapshot::StateHeader Vm::state_header() const {
+  snapshot::StateHeader header;
+  header.vmm_version = "vmm 0.1";
+  header.cpu_template = cfg_.cpu_template;
+  header.created_unix = static_cast<uint64_t>(::time(nullptr));
+  header.config = config_fingerprint(cfg_);
+  return header;
+}
+
+Result<snapshot::Section> Vm::save_state_tree() {
+  if (state() != RunState::kPaused) return make_error("saving state needs a paused VM");
+  snapshot::Section tree;
+  VMM_CHECK(save_vm_state(vm_, tree.add_section("vm")));
+  VMM_TRY(auto msr_list, kvm_.msr_index_list());
+  for (auto& v : vcpus_) {
+    auto& sec = tree.add_section(fmt::format("vcpu{}", v->index));
+    VMM_CHECK(save_vcpu_state(v->fd, msr_list, sec));
+    sec.put_pod_array("cpuid", std::span<const kvm_cpuid_entry2>(v->cpuid));
+  }
+  serial_->save_section(tree.add_section("serial0"));
+  i8042_->save_section(tree.add_section("i8042"));
+  probe_->save_section(tree.add_section("boot_probe"));
+  if (acpi_pm_) acpi_pm_->save_section(tree.add_section("acpi_pm"));
+  for (size_t i = 0; i < virtio_.size(); ++i)
+    VMM_CHECK(virtio_[i].transport->save_section(tree.add_section(fmt::format("virtio{}", i))));
+  return tree;
+}
+
+Result<bool> Vm::start_dirty_log() {
+  if (!manual_dirty_log_) {
+    VMM_TRY(bool m, vm_.enable_manual_dirty_log_protect());
+    manual_dirty_log_ = m;
+  }
+  bool manual = *manual_dirty_log_;
+  mem_.set_dirty_tracking(true);
+  uint32_t slot = 0;
+  for (const auto& r : mem_.regions())
+    VMM_CHECK(vm_.set_user_memory_region(slot++, r.start, r.size(), r.host(),
+                                         KVM_MEM_LOG_DIRTY_PAGES));
+  return manual;
+}
+
+void Vm::stop_dirty_log() {
+  uint32_t slot = 0;
+  for (const auto& r : mem_.regions()) {
+    auto res = vm_.set_user_memory_region(slot++, r.start, r.size(), r.host());
+    if (!res.ok()) spdlog::warn("dirty log off: {}", res.error().to_string());
+  }
+  mem_.set_dirty_tracking(false);
+}
+
+Result<void> Vm::harvest_dirty(std::vector<std::vector<uint64_t>>& out) {
+  bool manual = manual_dirty_log_.value_or(false);
+  const auto& regions = mem_.regions();
+  out.resize(regions.size());
+  std::vector<uint64_t> kvm_bits;
+  for (size_t i = 0; i < regions.size(); ++i) {
+    uint64_t pages = regions[i].pages();
+    size_t words = (pages + 63) / 64;
+    out[i].resize(words, 0);
+    kvm_bits.assign(words, 0);
+    VMM_CHECK(vm_.get_dirty_log(static_cast<uint32_t>(i), kvm_bits));
+    if (manual) {
+      // Re-protect what we are about to send, before sending it: a write
+      // after this point is logged again.
+      for (size_t w = 0; w < words; w += 64 * 1024) {  // 4M pages per call
+        size_t n = std::min<size_t>(words - w, 64 * 1024);
+        bool any = false;
+        for (size_t k = w; k < w + n && !any; ++k) any = kvm_bits[k] != 0;
+        if (!any) continue;
+        uint32_t np = static_cast<uint32_t>(std::min<uint64_t>(pages - w * 64, n * 64));
+        VMM_CHECK(vm_.clear_dirty_log(static_cast<uint32_t>(i), w * 64, np,
+                                      std::span<uint64_t>(kvm_bits).subspan(w, n)));
+      }
+    }
+    for (size_t w = 0; w < words; ++w) out[i][w] |= kvm_bits[w];
+    mem_.take_dirty(i, out[i]);
+  }
+  return ok();
 }
 
 Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
@@ -773,25 +881,8 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
   };
   double paused_ms = since();
   auto result = [&]() -> Result<nlohmann::json> {
-    snapshot::Section tree;
-    VMM_CHECK(save_vm_state(vm_, tree.add_section("vm")));
-    VMM_TRY(auto msr_list, kvm_.msr_index_list());
-    for (auto& v : vcpus_) {
-      auto& sec = tree.add_section(fmt::format("vcpu{}", v->index));
-      VMM_CHECK(save_vcpu_state(v->fd, msr_list, sec));
-      sec.put_pod_array("cpuid", std::span<const kvm_cpuid_entry2>(v->cpuid));
-    }
-    serial_->save_section(tree.add_section("serial0"));
-    i8042_->save_section(tree.add_section("i8042"));
-    probe_->save_section(tree.add_section("boot_probe"));
-    if (acpi_pm_) acpi_pm_->save_section(tree.add_section("acpi_pm"));
-    for (size_t i = 0; i < virtio_.size(); ++i)
-      VMM_CHECK(virtio_[i].transport->save_section(tree.add_section(fmt::format("virtio{}", i))));
-    snapshot::StateHeader header;
-    header.vmm_version = "vmm 0.1";
-    header.cpu_template = cfg_.cpu_template;
-    header.created_unix = static_cast<uint64_t>(::time(nullptr));
-    header.config = config_fingerprint(cfg_);
+    VMM_TRY(auto tree, save_state_tree());
+    snapshot::StateHeader header = state_header();
     double state_ms = since();
     VMM_TRY(uint64_t mem_written,
             write_memory_file(mem_, dir + "/" + snapshot::kMemoryFileName));
@@ -910,9 +1001,15 @@ ExitStatus Vm::run() {
     }
   }
 
+  // A migration still running (the guest stopped under it) ends first: it
+  // pauses/resumes vCPUs and reads guest memory.
+  stopping_ = true;
+  if (migration_) {
+    migration_->abort();
+    migration_->join();
+  }
   // Stop every vCPU: kick until each has left KVM_RUN (a kick that lands just
   // before KVM_RUN is caught by immediate_exit; repeat anyway, it is cheap).
-  stopping_ = true;
   {
     std::lock_guard lk(pause_mu_);
     run_state_ = RunState::kStopped;

@@ -27,6 +27,7 @@
 #include "vmm/core/symbols.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/snapshot/state_file.h"
 
 namespace vmm {
 
@@ -91,6 +92,30 @@ class Vm {
   // and DIR/memory (guest RAM, sparse). Pauses the VM for the duration if it
   // is running and resumes it afterwards. Returns a summary for the API.
   Result<nlohmann::json> snapshot_create(const std::string& dir);
+  // ---- Shared by snapshot and migration (one serializer).
+  // Every vCPU, VM-wide KVM state and device model; the VM must be paused.
+  Result<snapshot::Section> save_state_tree();
+  snapshot::StateHeader state_header() const;
+  // Builds a VM from a decoded state file and guest memory that already
+  // holds the guest's RAM (a mapped snapshot file, or pages received from a
+  // migration source). Configuration comes from file.header as for restore().
+  static Result<std::unique_ptr<Vm>> restore_from(const VmConfig& user_cfg,
+                                                  const snapshot::StateFile& file,
+                                                  GuestMemory mem);
+
+  // ---- Dirty page tracking for live migration (vmm/core/migration.cc).
+  // Turns on KVM dirty logging on every memory slot (with manual protect
+  // when the host has it; returned) and GuestMemory's tracking of the
+  // VMM's own writes.
+  Result<bool> start_dirty_log();
+  void stop_dirty_log();
+  // ORs the pages dirtied since the last harvest (or since start) into
+  // out[region] (one bit per page, sized to each region) and re-protects them.
+  Result<void> harvest_dirty(std::vector<std::vector<uint64_t>>& out);
+  const GuestMemory& memory() const { return mem_; }
+  const VmConfig& config() const { return cfg_; }
+  ApiServer* api() const { return api_.get(); }
+
   enum class RunState { kCreated, kRunning, kPaused, kStopped };
   RunState state() const;
   static const char* state_name(RunState s);
@@ -176,6 +201,8 @@ class Vm {
   // kvmclock when the VM paused, set back on resume so guest time does not
   // include the pause (pause_mu_).
   std::optional<kvm_clock_data> paused_clock_;
+  std::optional<bool> manual_dirty_log_;  // checked/enabled once by start_dirty_log
+  std::unique_ptr<class MigrationSource> migration_;
   std::unique_ptr<ApiServer> api_;
 
   std::mutex sample_mu_;
@@ -183,6 +210,10 @@ class Vm {
   uint64_t sample_count_ = 0;
   std::optional<SymbolMap> symbols_;
 };
+
+// The configuration fingerprint a snapshot header or migration hello
+// carries: restore/incoming refuse a VM that differs.
+std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c);
 
 // Time origin for "since process start" logs.
 std::chrono::steady_clock::time_point process_start_time();

@@ -3,6 +3,13 @@
 //   vmmctl --socket PATH status|pause|resume|shutdown
 //   vmmctl --socket PATH events            print events until the VMM exits
 //   vmmctl --socket PATH raw '{"cmd": "status"}'
+//   vmmctl --socket PATH migrate tcp:HOST:PORT [--downtime-ms N] [--bandwidth MiBs]
+//          [--timeout-s N] [--max-rounds N] [--on-timeout stop-copy|fail]
+//   vmmctl --socket PATH migrate-cancel
+//
+// migrate shows progress (one line per pre-copy round; redrawn in place on a
+// terminal) and ends with a summary; exit 0 when the guest runs on the
+// destination, 1 when the migration failed (the guest keeps running here).
 //
 // Prints the reply as JSON (pretty unless --compact). Exit status: 0 the
 // command succeeded, 1 the VMM refused it (its error is printed), 2 usage,
@@ -14,6 +21,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -66,6 +74,34 @@ bool read_line(int fd, std::string& buf, std::string& line) {
   }
 }
 
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char out[32];
+  std::snprintf(out, sizeof(out), u ? "%.1f %s" : "%.0f %s", b, units[u]);
+  return out;
+}
+
+double num(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+
+void show_progress(const nlohmann::json& e, bool tty) {
+  std::fprintf(stderr,
+               "%sround %d | sent %s | remaining %s | dirty %.1f MiB/s | bandwidth %.1f MiB/s | "
+               "expected downtime %.0f ms%s",
+               tty ? "\r\033[K" : "", static_cast<int>(num(e, "round")),
+               human_bytes(num(e, "transferred_bytes")).c_str(),
+               human_bytes(num(e, "remaining_bytes")).c_str(), num(e, "dirty_rate_mibs"),
+               num(e, "bandwidth_mibs"), num(e, "expected_downtime_ms"), tty ? "" : "\n");
+  std::fflush(stderr);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,9 +110,19 @@ int main(int argc, char** argv) {
   bool compact = false;
   app.add_option("-s,--socket", socket_path, "The VMM's --api-socket path")->required();
   app.add_flag("--compact", compact, "Print replies on one line");
-  app.add_option("command", command, "status | pause | resume | shutdown | events | raw")
+  app.add_option("command", command,
+                 "status | pause | resume | shutdown | events | raw | migrate | migrate-cancel")
       ->required();
-  app.add_option("request", raw, "For raw: a JSON request object");
+  app.add_option("request", raw, "For raw: a JSON request object; for migrate: tcp:HOST:PORT or "
+                                 "unix:PATH");
+  std::optional<uint32_t> downtime_ms, bandwidth, timeout_s, max_rounds;
+  std::string on_timeout;
+  app.add_option("--downtime-ms", downtime_ms, "migrate: downtime target (default 300)");
+  app.add_option("--bandwidth", bandwidth, "migrate: cap in MiB/s (default unlimited)");
+  app.add_option("--timeout-s", timeout_s, "migrate: give up after N seconds (default never)");
+  app.add_option("--max-rounds", max_rounds, "migrate: pre-copy rounds at most (default 30)");
+  app.add_option("--on-timeout", on_timeout,
+                 "migrate: stop-copy (default: pause and send the rest) | fail (give up)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -97,6 +143,19 @@ int main(int argc, char** argv) {
   } else if (command == "status" || command == "pause" || command == "resume" ||
              command == "shutdown") {
     req = {{"cmd", command}};
+  } else if (command == "migrate") {
+    if (raw.empty()) {
+      std::fprintf(stderr, "vmmctl: migrate needs a destination: tcp:HOST:PORT or unix:PATH\n");
+      return 2;
+    }
+    req = {{"cmd", "migrate"}, {"uri", raw}};
+    if (downtime_ms) req["downtime_ms"] = *downtime_ms;
+    if (bandwidth) req["bandwidth_mibs"] = *bandwidth;
+    if (timeout_s) req["timeout_s"] = *timeout_s;
+    if (max_rounds) req["max_rounds"] = *max_rounds;
+    if (!on_timeout.empty()) req["on_timeout"] = on_timeout;
+  } else if (command == "migrate-cancel") {
+    req = {{"cmd", "migrate-cancel"}};
   } else if (command != "events") {
     std::fprintf(stderr, "vmmctl: unknown command '%s'\n", command.c_str());
     return 2;
@@ -120,6 +179,48 @@ int main(int argc, char** argv) {
   req["id"] = id;
   if (!send_all(fd, req.dump() + "\n")) {
     std::fprintf(stderr, "vmmctl: send failed: %s\n", std::strerror(errno));
+    return 3;
+  }
+  if (command == "migrate") {
+    // The reply says it started; events tell the rest.
+    const bool tty = ::isatty(STDERR_FILENO);
+    bool started = false;
+    while (read_line(fd, buf, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) continue;
+      if (!j.contains("event")) {
+        if (!j.contains("id") || j["id"] != id) continue;
+        if (!j.value("ok", false)) {
+          std::fprintf(stderr, "vmmctl: migrate: %s\n",
+                       j.value("error", std::string("failed")).c_str());
+          return 1;
+        }
+        started = true;
+        continue;
+      }
+      const std::string ev = j["event"].is_string() ? j["event"].get<std::string>() : "";
+      if (ev == "migration-progress") {
+        show_progress(j, tty);
+      } else if (ev == "migration-done") {
+        if (tty) std::fprintf(stderr, "\n");
+        std::fprintf(stderr,
+                     "migrated: total %.0f ms, downtime %.1f ms, %d rounds, %s sent (%d pages, "
+                     "%d zero)\n",
+                     num(j, "total_ms"), num(j, "downtime_ms"), static_cast<int>(num(j, "rounds")),
+                     human_bytes(num(j, "bytes")).c_str(), static_cast<int>(num(j, "pages")),
+                     static_cast<int>(num(j, "zero_pages")));
+        j.erase("event");
+        print(j);
+        return 0;
+      } else if (ev == "migration-failed") {
+        if (tty) std::fprintf(stderr, "\n");
+        std::fprintf(stderr, "vmmctl: migration failed: %s (the guest keeps running here)\n",
+                     j.value("error", std::string("?")).c_str());
+        return 1;
+      }
+    }
+    std::fprintf(stderr, "vmmctl: connection closed %s\n",
+                 started ? "before the migration ended" : "before a reply");
     return 3;
   }
   // Skip events until our reply arrives.

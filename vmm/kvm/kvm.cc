@@ -246,6 +246,40 @@ size_t VmFd::xsave_size() const {
   return r > static_cast<int>(sizeof(XsaveHeader)) ? static_cast<size_t>(r) : sizeof(XsaveHeader);
 }
 
+Result<bool> VmFd::enable_manual_dirty_log_protect() {
+  int caps = check_extension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+  if (!(caps & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)) return false;
+  kvm_enable_cap cap{};
+  cap.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+  cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
+  if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &cap) < 0)
+    return errno_error("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)");
+  return true;
+}
+
+Result<void> VmFd::get_dirty_log(uint32_t slot, std::span<uint64_t> bitmap) {
+  kvm_dirty_log log{};
+  log.slot = slot;
+  log.dirty_bitmap = bitmap.data();
+  if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) < 0)
+    return errno_error("KVM_GET_DIRTY_LOG slot {}", slot);
+  return ok();
+}
+
+Result<void> VmFd::clear_dirty_log(uint32_t slot, uint64_t first_page, uint32_t num_pages,
+                                   std::span<uint64_t> bitmap) {
+  if (first_page % 64 != 0 || bitmap.size() * 64 < num_pages)
+    return make_error("KVM_CLEAR_DIRTY_LOG: bad range {}+{}", first_page, num_pages);
+  kvm_clear_dirty_log c{};
+  c.slot = slot;
+  c.first_page = first_page;
+  c.num_pages = num_pages;
+  c.dirty_bitmap = bitmap.data();
+  if (::ioctl(fd_.get(), KVM_CLEAR_DIRTY_LOG, &c) < 0)
+    return errno_error("KVM_CLEAR_DIRTY_LOG slot {} pages {}+{}", slot, first_page, num_pages);
+  return ok();
+}
+
 int VcpuFd::run_once() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) return errno;
   return 0;

@@ -85,6 +85,22 @@ class VmFd {
   // this VM (at least 4096), or 4096 when KVM has no XSAVE2.
   size_t xsave_size() const;
 
+  // ---- Dirty page logging (live migration). Slots are re-registered with
+  // KVM_MEM_LOG_DIRTY_PAGES through set_user_memory_region's flags.
+  // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET_DIRTY_LOG then only reports, and
+  // clear_dirty_log re-protects exactly the pages about to be sent (instead
+  // of every dirty page being write-protected again at GET time). Returns
+  // false if the host lacks it (then GET_DIRTY_LOG also clears).
+  Result<bool> enable_manual_dirty_log_protect();
+  // KVM_GET_DIRTY_LOG: one bit per page of `slot`, bitmap sized for the slot
+  // (rounded up to 64 pages).
+  Result<void> get_dirty_log(uint32_t slot, std::span<uint64_t> bitmap);
+  // KVM_CLEAR_DIRTY_LOG for pages [first_page, first_page + num_pages) of
+  // `slot` whose bit is set in `bitmap` (bit 0 = first_page). first_page
+  // must be a multiple of 64.
+  Result<void> clear_dirty_log(uint32_t slot, uint64_t first_page, uint32_t num_pages,
+                               std::span<uint64_t> bitmap);
+
  private:
   UniqueFd fd_;
   int vcpu_mmap_size_;

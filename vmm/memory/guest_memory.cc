@@ -27,10 +27,39 @@ Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping) {
       return make_error("guest memory region [{:#x}, {:#x}) overlaps [{:#x}, {:#x})", start,
                         *end, r.start, r.end());
   }
-  regions_.push_back(GuestRegion{start, std::move(mapping)});
+  uint64_t words = ((mapping.size() + kGuestPageSize - 1) / kGuestPageSize + 63) / 64;  // pages()
+  auto bits = std::make_unique<std::atomic<uint64_t>[]>(words);
+  for (uint64_t i = 0; i < words; ++i) bits[i].store(0, std::memory_order_relaxed);
+  regions_.push_back(GuestRegion{start, std::move(mapping), std::move(bits)});
   std::sort(regions_.begin(), regions_.end(),
             [](const GuestRegion& a, const GuestRegion& b) { return a.start < b.start; });
   return ok();
+}
+
+void GuestMemory::set_dirty_tracking(bool on) const {
+  tracking_->store(on, std::memory_order_seq_cst);
+}
+
+void GuestMemory::mark_dirty(Gpa gpa, uint64_t len) const {
+  if (len == 0 || !tracking_->load(std::memory_order_seq_cst)) return;
+  uint64_t end = gpa + len < gpa ? UINT64_MAX : gpa + len;
+  for (const auto& r : regions_) {
+    uint64_t lo = std::max(gpa, r.start), hi = std::min(end, r.end());
+    if (lo >= hi) continue;
+    for (uint64_t p = (lo - r.start) / kGuestPageSize, last = (hi - 1 - r.start) / kGuestPageSize;
+         p <= last; ++p)
+      r.vmm_dirty[p / 64].fetch_or(1ull << (p % 64), std::memory_order_relaxed);
+  }
+}
+
+void GuestMemory::take_dirty(size_t index, std::span<uint64_t> out) const {
+  if (index >= regions_.size()) return;
+  const auto& r = regions_[index];
+  uint64_t words =
+      std::min<uint64_t>(out.size(), (r.pages() + 63) / 64);
+  for (uint64_t i = 0; i < words; ++i)
+    if (r.vmm_dirty[i].load(std::memory_order_relaxed))
+      out[i] |= r.vmm_dirty[i].exchange(0, std::memory_order_acq_rel);
 }
 
 uint64_t GuestMemory::total_size() const {
@@ -92,6 +121,7 @@ Result<void> GuestMemory::write(Gpa gpa, std::span<const uint8_t> in) const {
     std::memcpy(r->host() + off, in.data() + done, chunk);
     done += chunk;
   }
+  mark_dirty(gpa, in.size());
   return ok();
 }
 

@@ -4,7 +4,9 @@
 // outside the guest.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <cstring>
 #include <span>
 #include <type_traits>
@@ -17,9 +19,15 @@ namespace vmm {
 
 using Gpa = uint64_t;  // guest physical address
 
+inline constexpr uint64_t kGuestPageSize = 4096;
+
 struct GuestRegion {
   Gpa start;
   MmapRegion mapping;
+  // One bit per 4 KiB page the VMM itself wrote while dirty tracking is on
+  // (GuestMemory::mark_dirty); KVM tracks the guest's own writes.
+  std::unique_ptr<std::atomic<uint64_t>[]> vmm_dirty;
+  uint64_t pages() const { return (size() + kGuestPageSize - 1) / kGuestPageSize; }
   uint64_t size() const { return mapping.size(); }
   uint8_t* host() const { return mapping.data(); }
   Gpa end() const { return start + size(); }  // exclusive
@@ -64,9 +72,22 @@ class GuestMemory {
   // True if [gpa, gpa+len) is entirely backed by guest RAM.
   bool contains(Gpa gpa, uint64_t len) const;
 
+  // ---- Dirty tracking of the VMM's own writes (live migration). Devices
+  // write guest memory through pointers (preadv into a request's buffers);
+  // they call mark_dirty AFTER writing, so a harvest that misses the mark
+  // happened before the write finished and the next harvest catches it.
+  // write()/write_obj() mark by themselves. Cheap no-op while tracking is off.
+  void set_dirty_tracking(bool on) const;
+  bool dirty_tracking() const { return tracking_->load(std::memory_order_acquire); }
+  void mark_dirty(Gpa gpa, uint64_t len) const;
+  // ORs the pages marked in region `index` since the last call into `out`
+  // (one bit per page, bit i of out[i / 64]) and clears them.
+  void take_dirty(size_t index, std::span<uint64_t> out) const;
+
  private:
   const GuestRegion* find(Gpa gpa) const;
   std::vector<GuestRegion> regions_;  // sorted by start
+  std::unique_ptr<std::atomic<bool>> tracking_ = std::make_unique<std::atomic<bool>>(false);
 };
 
 }  // namespace vmm

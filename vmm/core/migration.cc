@@ -1,0 +1,483 @@
+#include "vmm/core/migration.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "boot/x86_64/e820.h"
+#include "vmm/api/api_server.h"
+#include "vmm/core/vm.h"
+#include "vmm/migration/protocol.h"
+#include "vmm/snapshot/state_file.h"
+
+namespace vmm {
+
+namespace mig = vmm::migration;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint32_t kPageSize = 4096;
+constexpr int kIoTimeoutMs = 30000;  // one frame, either way
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+uint64_t count_bits(const std::vector<std::vector<uint64_t>>& bits) {
+  uint64_t n = 0;
+  for (const auto& r : bits)
+    for (uint64_t w : r) n += static_cast<uint64_t>(__builtin_popcountll(w));
+  return n;
+}
+
+mig::Hello local_hello(const VmConfig& cfg) {
+  mig::Hello h;
+  h.vmm_version = "vmm 0.1";
+  h.cpu_template = cfg.cpu_template;
+  h.config = config_fingerprint(cfg);
+  h.mem_bytes = cfg.mem_bytes;
+  h.page_size = kPageSize;
+  return h;
+}
+
+}  // namespace
+
+Result<MigrateOptions> parse_migrate_request(const nlohmann::json& req) {
+  MigrateOptions o;
+  if (!req.contains("uri") || !req["uri"].is_string())
+    return make_error("migrate needs \"uri\": tcp:HOST:PORT or unix:PATH");
+  o.uri = req["uri"].get<std::string>();
+  VMM_CHECK(mig::parse_uri(o.uri));
+  auto num = [&](const char* key, uint32_t& out, uint32_t lo, uint32_t hi) -> Result<void> {
+    if (!req.contains(key)) return ok();
+    const auto& v = req[key];
+    if (!v.is_number_unsigned() || v.get<uint64_t>() < lo || v.get<uint64_t>() > hi)
+      return make_error("migrate: \"{}\" must be an integer in [{}, {}]", key, lo, hi);
+    out = static_cast<uint32_t>(v.get<uint64_t>());
+    return ok();
+  };
+  VMM_CHECK(num("downtime_ms", o.downtime_ms, 1, 600000));
+  VMM_CHECK(num("bandwidth_mibs", o.bandwidth_mibs, 0, 1000000));
+  VMM_CHECK(num("timeout_s", o.timeout_s, 0, 86400));
+  VMM_CHECK(num("max_rounds", o.max_rounds, 1, 1000));
+  if (req.contains("on_timeout")) {
+    const auto& v = req["on_timeout"];
+    if (v == "stop-copy") o.fail_if_not_converged = false;
+    else if (v == "fail") o.fail_if_not_converged = true;
+    else return make_error("migrate: \"on_timeout\" must be \"stop-copy\" or \"fail\"");
+  }
+  return o;
+}
+
+// ------------------------------------------------------------------ source --
+
+MigrationSource::~MigrationSource() {
+  abort();
+  join();
+}
+
+Result<void> MigrationSource::start(MigrateOptions opts) {
+  std::lock_guard lk(mu_);
+  if (active_) return make_error("a migration is already running (migrate-cancel stops it)");
+  if (thread_.joinable()) thread_.join();  // a finished one
+  cancel_ = false;
+  active_ = true;
+  status_ = {{"state", "active"}, {"uri", opts.uri}};
+  thread_ = std::thread([this, opts = std::move(opts)] { run(opts); });
+  return ok();
+}
+
+bool MigrationSource::cancel() {
+  std::lock_guard lk(mu_);
+  if (!active_) return false;
+  cancel_ = true;  // seen between frames and in bandwidth waits; Cancel goes to the peer
+  cv_.notify_all();
+  return true;
+}
+
+void MigrationSource::abort() {
+  std::lock_guard lk(mu_);
+  if (!active_) return;
+  cancel_ = true;
+  cv_.notify_all();
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // unblock a read or write in progress
+}
+
+void MigrationSource::join() {
+  std::thread t;
+  {
+    std::lock_guard lk(mu_);
+    t = std::move(thread_);
+  }
+  if (t.joinable()) t.join();
+}
+
+nlohmann::json MigrationSource::status() const {
+  std::lock_guard lk(mu_);
+  return status_;
+}
+
+void MigrationSource::progress(const nlohmann::json& p) {
+  {
+    std::lock_guard lk(mu_);
+    for (auto it = p.begin(); it != p.end(); ++it) status_[it.key()] = it.value();
+  }
+  if (auto* api = vm_.api()) api->emit("migration-progress", p);
+}
+
+void MigrationSource::run(MigrateOptions opts) {
+  auto r = migrate(opts);
+  nlohmann::json st;
+  bool done = r.ok();
+  {
+    std::lock_guard lk(mu_);
+    fd_ = -1;
+    if (done) {
+      st = *r;
+      st["state"] = "completed";
+    } else {
+      std::string why = r.error().to_string();
+      if (cancel_ && why != "cancelled") why = "cancelled (" + why + ")";
+      st = {{"state", cancel_ ? "cancelled" : "failed"}, {"error", why}};
+    }
+    st["uri"] = opts.uri;
+    status_ = st;
+    active_ = false;
+  }
+  if (done) {
+    spdlog::info("migration to {} completed: {:.1f} ms total, {:.1f} ms downtime, {} rounds, {} "
+                 "bytes",
+                 opts.uri, st["total_ms"].get<double>(), st["downtime_ms"].get<double>(),
+                 st["rounds"].get<int>(), st["bytes"].get<uint64_t>());
+    if (auto* api = vm_.api()) api->emit("migration-done", st);
+    vm_.request_stop({kExitOk, "migrated to " + opts.uri});
+  } else {
+    spdlog::error("migration to {} failed: {}; the guest keeps running here", opts.uri,
+                  r.error().to_string());
+    if (auto* api = vm_.api()) api->emit("migration-failed", st);
+  }
+}
+
+Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
+  const auto t0 = Clock::now();
+  VMM_TRY(auto uri, mig::parse_uri(opts.uri));
+  if (vm_.state() != Vm::RunState::kRunning && vm_.state() != Vm::RunState::kPaused)
+    return make_error("the VM is {}", Vm::state_name(vm_.state()));
+  VMM_TRY(auto sock, mig::connect_to(uri, static_cast<int>(opts.connect_timeout_ms)));
+  {
+    std::lock_guard lk(mu_);
+    if (cancel_) return make_error("cancelled");
+    fd_ = sock.get();
+  }
+  mig::FrameWriter w(sock.get());
+  mig::FrameReader rd(sock.get());
+  const auto deadline = opts.timeout_s ? t0 + std::chrono::seconds(opts.timeout_s)
+                                       : Clock::time_point::max();
+  auto check_cancel = [&]() -> Result<void> {
+    if (cancel_) return make_error("cancelled");
+    if (Clock::now() > deadline) return make_error("timed out after {} s", opts.timeout_s);
+    return ok();
+  };
+  // Tell the destination why, if it can still hear it (best effort).
+  auto tell_peer = [&](const Error& e) {
+    auto payload = cancel_ ? mig::encode_cancel(e.to_string()) : mig::encode_error(e.to_string());
+    (void)w.write_frame(cancel_ ? mig::FrameType::kCancel : mig::FrameType::kError, payload, 1000);
+  };
+
+  // ---- Hello: the destination checks that its VM matches this one.
+  {
+    VMM_TRY(auto hello, mig::encode_hello(local_hello(vm_.config())));
+    VMM_CHECK(w.write_frame(mig::FrameType::kHello, hello, kIoTimeoutMs));
+    VMM_TRY(auto f, rd.read_frame(kIoTimeoutMs));
+    if (f.type == mig::FrameType::kError) {
+      VMM_TRY(auto why, mig::decode_error(f.payload));
+      return make_error("destination: {}", why);
+    }
+    if (f.type != mig::FrameType::kHelloReply)
+      return make_error("destination answered Hello with {}", mig::frame_type_name(f.type));
+    VMM_TRY(auto reply, mig::decode_hello_reply(f.payload));
+    if (!reply.accepted) return make_error("destination refused: {}", reply.reason);
+  }
+
+  // ---- Pre-copy rounds.
+  VMM_TRY(bool manual, vm_.start_dirty_log());
+  const GuestMemory& mem = vm_.memory();
+  const auto& regions = mem.regions();
+  bool we_paused = false;
+  auto cleanup = [&] {
+    vm_.stop_dirty_log();
+    if (we_paused) {
+      auto r = vm_.resume();
+      if (!r.ok()) spdlog::error("migration: resuming the guest failed: {}", r.error().to_string());
+    }
+  };
+
+  std::vector<std::vector<uint64_t>> dirty(regions.size()), next;
+  for (size_t i = 0; i < regions.size(); ++i) {  // round 0: every page
+    uint64_t pages = regions[i].pages();
+    dirty[i].assign((pages + 63) / 64, ~0ull);
+    if (pages % 64) dirty[i].back() = (1ull << (pages % 64)) - 1;
+  }
+  mig::MemPagesBuilder batch(kPageSize);
+  uint64_t total_pages = 0, zero_pages = 0;
+  const uint64_t cap_bps = uint64_t{opts.bandwidth_mibs} << 20;
+
+  // Sends every page set in `bits` and clears them. Returns bytes written.
+  auto send_pages = [&](std::vector<std::vector<uint64_t>>& bits, bool allow_cancel)
+      -> Result<uint64_t> {
+    const uint64_t start_bytes = w.bytes_written();
+    const auto start = Clock::now();
+    auto flush = [&]() -> Result<void> {
+      if (batch.empty()) return ok();
+      VMM_CHECK(w.write_frame(mig::FrameType::kMemPages, batch.finish(), kIoTimeoutMs));
+      batch.reset();
+      if (allow_cancel) VMM_CHECK(check_cancel());
+      if (cap_bps) {  // sleep until the bytes so far fit the cap
+        double want_s = static_cast<double>(w.bytes_written() - start_bytes) / cap_bps;
+        auto due = start + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(want_s));
+        std::unique_lock lk(mu_);
+        cv_.wait_until(lk, due, [&] { return allow_cancel && cancel_.load(); });
+        lk.unlock();
+        if (allow_cancel) VMM_CHECK(check_cancel());
+      }
+      return ok();
+    };
+    for (size_t i = 0; i < regions.size(); ++i) {
+      const auto& reg = regions[i];
+      for (size_t wi = 0; wi < bits[i].size(); ++wi) {
+        uint64_t word = bits[i][wi];
+        bits[i][wi] = 0;
+        while (word) {
+          int b = __builtin_ctzll(word);
+          word &= word - 1;
+          uint64_t page = wi * 64 + static_cast<uint64_t>(b);
+          if (page >= reg.pages()) break;
+          if (!batch.has_room(false)) VMM_CHECK(flush());
+          std::span<const uint8_t> data(reg.host() + page * kPageSize, kPageSize);
+          VMM_TRY(bool zero, batch.add(reg.start + page * kPageSize, data));
+          ++total_pages;
+          zero_pages += zero;
+        }
+      }
+    }
+    VMM_CHECK(flush());
+    return w.bytes_written() - start_bytes;
+  };
+
+  uint32_t round = 0;
+  double bandwidth_bps = 0;
+  bool converged = false;
+  auto result = [&]() -> Result<nlohmann::json> {
+    for (;; ++round) {
+      VMM_CHECK(check_cancel());
+      uint64_t pages_this_round = count_bits(dirty);
+      auto rs = Clock::now();
+      VMM_TRY(uint64_t bytes, send_pages(dirty, true));
+      double secs = std::max(1e-6, ms_between(rs, Clock::now()) / 1000);
+      // Bandwidth as measured on this round (the first, big round dominates
+      // early; later ones adapt).
+      if (bytes > 256 * 1024 || bandwidth_bps == 0) bandwidth_bps = bytes / secs;
+      VMM_CHECK(vm_.harvest_dirty(next));
+      uint64_t remaining = count_bits(next);
+      VMM_CHECK(w.write_frame(mig::FrameType::kRoundEnd,
+                              mig::encode_round_end({round, pages_this_round, remaining}),
+                              kIoTimeoutMs));
+      double expected_ms = remaining * (kPageSize + 8.0) / bandwidth_bps * 1000;
+      progress({{"round", round},
+                {"transferred_bytes", w.bytes_written()},
+                {"round_pages", pages_this_round},
+                {"remaining_pages", remaining},
+                {"remaining_bytes", remaining * kPageSize},
+                {"dirty_rate_mibs", remaining * double{kPageSize} / secs / (1 << 20)},
+                {"bandwidth_mibs", bandwidth_bps / (1 << 20)},
+                {"expected_downtime_ms", expected_ms},
+                {"elapsed_ms", ms_between(t0, Clock::now())}});
+      std::swap(dirty, next);
+      if (expected_ms <= opts.downtime_ms) {
+        converged = true;
+        break;
+      }
+      bool out_of_rounds = round + 1 >= opts.max_rounds;
+      bool out_of_time = opts.timeout_s && Clock::now() > deadline;
+      if (out_of_rounds || out_of_time) {
+        if (opts.fail_if_not_converged)
+          return make_error("did not converge in {} round(s): {} pages dirty, expected downtime "
+                            "{:.0f} ms > {} ms",
+                            round + 1, remaining, expected_ms, opts.downtime_ms);
+        break;  // stop and copy
+      }
+    }
+
+    // ---- Stop and copy: the guest pauses here; downtime starts.
+    VMM_CHECK(check_cancel());
+    const auto pause_at = Clock::now();
+    bool was_running = vm_.state() == Vm::RunState::kRunning;
+    VMM_CHECK(vm_.pause());
+    we_paused = was_running;
+    VMM_CHECK(vm_.harvest_dirty(dirty));
+    uint64_t final_pages = count_bits(dirty);
+    VMM_CHECK(send_pages(dirty, false));
+    VMM_TRY(auto tree, vm_.save_state_tree());
+    VMM_TRY(auto state, snapshot::encode_state(vm_.state_header(), tree));
+    VMM_CHECK(w.write_frame(mig::FrameType::kState, state, kIoTimeoutMs));
+    VMM_CHECK(w.write_frame(mig::FrameType::kComplete, {}, kIoTimeoutMs));
+    const auto sent_at = Clock::now();
+    auto fr = rd.read_frame(static_cast<int>(opts.ack_timeout_ms));
+    if (!fr.ok())
+      return make_error("no Ack from the destination after Complete ({}); the guest resumes "
+                        "here, but the destination may have resumed it too",
+                        fr.error().to_string());
+    const auto& f = *fr;
+    if (f.type == mig::FrameType::kError) {
+      VMM_TRY(auto why, mig::decode_error(f.payload));
+      return make_error("destination: {}", why);
+    }
+    if (f.type != mig::FrameType::kAck)
+      return make_error("destination answered Complete with {}", mig::frame_type_name(f.type));
+    VMM_TRY(auto ack, mig::decode_ack(f.payload));
+    if (!ack.ok) return make_error("destination could not resume the guest: {}", ack.reason);
+    const auto acked_at = Clock::now();
+    // From here the guest is the destination's: never resume it here.
+    we_paused = false;
+    return nlohmann::json{{"total_ms", ms_between(t0, acked_at)},
+                          {"downtime_ms", ms_between(pause_at, acked_at)},
+                          {"final_send_ms", ms_between(pause_at, sent_at)},
+                          {"rounds", round + 2},  // pre-copy rounds + the final one
+                          {"converged", converged},
+                          {"bytes", w.bytes_written()},
+                          {"pages", total_pages},
+                          {"zero_pages", zero_pages},
+                          {"final_pages", final_pages},
+                          {"state_bytes", state.size()},
+                          {"manual_dirty_protect", manual},
+                          {"bandwidth_mibs", bandwidth_bps / (1 << 20)}};
+  }();
+  if (!result.ok()) tell_peer(result.error());
+  cleanup();
+  return result;
+}
+
+// ------------------------------------------------------------- destination --
+
+Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const IncomingOptions& opts) {
+  VMM_TRY(auto uri, mig::parse_uri(opts.uri));
+  VMM_TRY(auto listener, mig::listen_on(uri));
+  spdlog::info("waiting for a migration on {}", listener.uri().to_string());
+  VMM_TRY(auto sock, mig::accept_one(listener.fd(), opts.accept_timeout_s
+                                                        ? static_cast<int>(opts.accept_timeout_s * 1000)
+                                                        : -1));
+  const auto t0 = Clock::now();
+  mig::FrameReader rd(sock.get());
+  mig::FrameWriter w(sock.get());
+  const int idle_ms = opts.idle_timeout_s ? static_cast<int>(opts.idle_timeout_s * 1000) : -1;
+  auto fail = [&](const Error& e) -> Error {
+    (void)w.write_frame(mig::FrameType::kError, mig::encode_error(e.to_string()), 1000);
+    return e;
+  };
+
+  VMM_TRY(auto hf, rd.read_frame(idle_ms));
+  if (hf.type != mig::FrameType::kHello)
+    return fail(make_error("expected Hello, got {}", mig::frame_type_name(hf.type)));
+  VMM_TRY(auto hello, mig::decode_hello(hf.payload));
+  if (auto c = mig::check_hello(hello, local_hello(cfg)); !c.ok()) {
+    (void)w.write_frame(mig::FrameType::kHelloReply,
+                        mig::encode_hello_reply({false, c.error().to_string()}), 1000);
+    return make_error("refused the incoming migration: {}", c.error().to_string());
+  }
+  VMM_CHECK(w.write_frame(mig::FrameType::kHelloReply, mig::encode_hello_reply({true, ""}),
+                          kIoTimeoutMs));
+
+  auto ranges = boot::guest_ram_ranges(cfg.mem_bytes);
+  VMM_TRY(auto mem, GuestMemory::create_anonymous(ranges));
+  std::vector<mig::RamRange> ram;
+  for (auto [s, n] : ranges) ram.push_back({s, n});
+  // Pages written so far: a zero page over one of them must clear it; over
+  // an untouched one (still the kernel's zero page) it costs nothing.
+  std::vector<bool> written;
+  uint64_t pages = 0, data_pages = 0, rounds = 0;
+  std::vector<uint8_t> state;
+  for (;;) {
+    auto fr = rd.read_frame(idle_ms);
+    if (!fr.ok()) return fail(fr.error());
+    const auto& f = *fr;
+    switch (f.type) {
+      case mig::FrameType::kMemPages: {
+        auto view = mig::decode_mem_pages(f.payload, kPageSize, ram);
+        if (!view.ok()) return fail(view.error());
+        for (const auto& p : *view) {
+          auto span = mem.span(p.gpa, kPageSize);
+          if (!span.ok()) return fail(span.error());
+          uint64_t idx = p.gpa / kPageSize;
+          if (idx >= written.size()) written.resize(idx + 1, false);
+          if (p.zero) {
+            if (written[idx]) std::memset(span->data(), 0, kPageSize);
+          } else {
+            std::memcpy(span->data(), p.data.data(), kPageSize);
+            written[idx] = true;
+            ++data_pages;
+          }
+          ++pages;
+        }
+        break;
+      }
+      case mig::FrameType::kRoundEnd: {
+        auto re = mig::decode_round_end(f.payload);
+        if (!re.ok()) return fail(re.error());
+        ++rounds;
+        spdlog::info("migration: round {} received ({} pages, {} dirty at its end)", re->round,
+                     re->pages_sent, re->dirty_remaining);
+        break;
+      }
+      case mig::FrameType::kState: {
+        auto s = mig::decode_state_payload(f.payload);
+        if (!s.ok()) return fail(s.error());
+        state.assign(s->begin(), s->end());
+        break;
+      }
+      case mig::FrameType::kComplete: {
+        if (auto c = mig::decode_complete(f.payload); !c.ok()) return fail(c.error());
+        auto build = [&]() -> Result<std::unique_ptr<Vm>> {
+          if (state.empty()) return make_error("Complete before any State frame");
+          VMM_TRY(auto file, snapshot::decode_state(state, "migration state"));
+          VMM_CHECK(snapshot::check_compatible(file.header, [&] {
+            snapshot::StateHeader h;
+            h.cpu_template = cfg.cpu_template;
+            h.config = config_fingerprint(cfg);
+            return h;
+          }()));
+          return Vm::restore_from(cfg, file, std::move(mem));
+        };
+        auto vm = build();
+        if (!vm.ok()) {
+          (void)w.write_frame(mig::FrameType::kAck, mig::encode_ack({false, vm.error().to_string()}),
+                              1000);
+          return make_error("incoming migration: {}", vm.error().to_string());
+        }
+        VMM_CHECK(w.write_frame(mig::FrameType::kAck, mig::encode_ack({true, ""}), kIoTimeoutMs));
+        spdlog::info("incoming migration complete: {} pages ({} with data), {} rounds, {} state "
+                     "bytes, {:.1f} ms since the source connected",
+                     pages, data_pages, rounds, state.size(), ms_between(t0, Clock::now()));
+        return std::move(*vm);
+      }
+      case mig::FrameType::kError: {
+        auto why = mig::decode_error(f.payload);
+        return make_error("the source gave up: {}", why.ok() ? *why : why.error().to_string());
+      }
+      case mig::FrameType::kCancel: {
+        auto why = mig::decode_cancel(f.payload);
+        return make_error("the source cancelled: {}", why.ok() ? *why : why.error().to_string());
+      }
+      default:
+        return fail(make_error("unexpected {} frame during a migration",
+                               mig::frame_type_name(f.type)));
+    }
+  }
+}
+
+}  // namespace vmm
