@@ -28,7 +28,7 @@ fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_FUZZ:-build-fuzz}
 [[ $build = /* ]] || build="$root/$build"
-targets=${FUZZ_TARGETS:-"fuzz_kernel_loader fuzz_serial fuzz_symbols fuzz_virtio fuzz_snapshot"}
+targets=${FUZZ_TARGETS:-"fuzz_kernel_loader fuzz_serial fuzz_symbols fuzz_virtio fuzz_snapshot fuzz_migration"}
 jobs=${FUZZ_JOBS:-$(nproc)}
 
 # ---------------------------------------------------------------- build --

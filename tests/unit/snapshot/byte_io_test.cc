@@ -84,6 +84,19 @@ TEST(Crc32c, KnownVectors) {
   EXPECT_EQ(crc32c(ones), 0x62A8AB43u);
   // Incremental == whole.
   EXPECT_EQ(crc32c(s("56789"), crc32c(s("1234"))), 0xE3069283u);
+  EXPECT_EQ(crc32c_portable(s("123456789")), 0xE3069283u);
+}
+
+TEST(Crc32c, FastPathEqualsTableAtEveryLengthAndAlignment) {
+  std::vector<uint8_t> buf(300);
+  uint32_t x = 12345;
+  for (auto& b : buf) b = static_cast<uint8_t>((x = x * 1103515245 + 12345) >> 16);
+  for (size_t off = 0; off < 9; ++off)
+    for (size_t len = 0; len + off <= buf.size(); len += 7) {
+      std::span<const uint8_t> part(buf.data() + off, len);
+      ASSERT_EQ(crc32c(part), crc32c_portable(part)) << off << " " << len;
+      ASSERT_EQ(crc32c(part, 0xdeadbeef), crc32c_portable(part, 0xdeadbeef)) << off << " " << len;
+    }
 }
 
 }  // namespace
