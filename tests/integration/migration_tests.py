@@ -212,6 +212,12 @@ def migrate_cancel(a):
             time.sleep(1.0)
             st = c.call("status")["migration"]
             check(st["state"] == "active", f"migration status {st}", src)
+            for cmd in ("pause", "resume", "snapshot-create"):
+                r = c.call(cmd, dir=os.path.join(d, "snap"))
+                check(not r["ok"] and "migration is running" in r["error"],
+                      f"{cmd} during a migration: {r}", src)
+            r = c.call("migrate", uri=f"tcp:127.0.0.1:{port}")
+            check(not r["ok"] and "already running" in r["error"], f"second migrate: {r}", src)
             r = c.call("migrate-cancel")
             check(r["ok"], f"cancel {r}", src)
             done, _ = wait_migration(c)

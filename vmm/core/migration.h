@@ -66,6 +66,7 @@ class MigrationSource {
   void abort();
   // For the status command: {"state": none|active|completed|failed|cancelled, ...}.
   nlohmann::json status() const;
+  bool active() const { return active_; }
   void join();
 
  private:

@@ -750,6 +750,11 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
                           {"migration", migration_ ? migration_->status()
                                                    : nlohmann::json{{"state", "none"}}}};
   }
+  // The migration thread pauses and resumes the VM itself; a user's
+  // pause/resume/snapshot in the middle would break its final phase.
+  if ((cmd == "pause" || cmd == "resume" || cmd == "snapshot-create") && migration_ &&
+      migration_->active())
+    return make_error("a migration is running (migrate-cancel stops it)");
   if (cmd == "pause") {
     VMM_CHECK(pause());
     if (api_) api_->emit("paused");
