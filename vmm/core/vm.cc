@@ -549,7 +549,11 @@ Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint
 }
 
 Result<void> Vm::setup_vcpu(Vcpu& v, bool boot_cpu) {
-  VMM_TRY(auto supported, kvm_.supported_cpuid());
+  if (!supported_cpuid_) {  // one ioctl per VM, not per vCPU (~0.5 ms each here)
+    VMM_TRY(auto t, kvm_.supported_cpuid());
+    supported_cpuid_ = std::move(t);
+  }
+  const CpuidTable& supported = *supported_cpuid_;
   VMM_TRY(auto entries, boot::apply_cpu_template(from_kvm(supported), cfg_.cpu_template,
                                                  static_cast<uint32_t>(v.index),
                                                  static_cast<uint32_t>(cfg_.cpus)));

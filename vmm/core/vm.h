@@ -201,7 +201,8 @@ class Vm {
   // kvmclock when the VM paused, set back on resume so guest time does not
   // include the pause (pause_mu_).
   std::optional<kvm_clock_data> paused_clock_;
-  std::optional<bool> manual_dirty_log_;  // checked/enabled once by start_dirty_log
+  std::optional<bool> manual_dirty_log_;
+  std::optional<CpuidTable> supported_cpuid_;  // KVM_GET_SUPPORTED_CPUID, asked once  // checked/enabled once by start_dirty_log
   std::unique_ptr<class MigrationSource> migration_;
   std::unique_ptr<ApiServer> api_;
 
