@@ -8,6 +8,7 @@
 #include <cstring>
 #include <optional>
 
+#include "vmm/core/vm_state.h"
 #include "vmm/kvm/kvm.h"
 
 namespace vmm {
@@ -258,6 +259,55 @@ TEST_F(KvmState, ClockRoundTrip) {
   EXPECT_LT(back->clock, set.clock + 10'000'000'000ull);
   // What a restore does: the saved value with the flags KVM_GET_CLOCK gave.
   ASSERT_OK(vm_->set_clock(*c));
+}
+
+// Regression (found by the Linux snapshot e2e test): a LAPIC timer in
+// TSC-deadline mode with the deadline armed must come back armed. KVM drops
+// a write to IA32_TSC_DEADLINE unless the LAPIC is already in deadline mode,
+// so restore_vcpu_state must set the LAPIC before the MSRs.
+TEST_F(KvmState, TscDeadlineSurvivesSaveRestore) {
+  constexpr uint32_t kDeadline = 0x6e0;
+  auto lapic = vcpu_->get_lapic();
+  ASSERT_TRUE(lapic.ok()) << lapic.error().to_string();
+  kvm_lapic_state l = *lapic;
+  uint32_t svr = 0x1ff, lvtt = 0x400ec;  // APIC enabled; timer vector 0xec, TSC-deadline mode
+  std::memcpy(l.regs + 0xf0, &svr, 4);
+  std::memcpy(l.regs + 0x320, &lvtt, 4);
+  ASSERT_OK(vcpu_->set_lapic(l));
+  const uint32_t tsc_idx[] = {0x10};
+  auto tsc = vcpu_->get_msrs(tsc_idx);
+  ASSERT_TRUE(tsc.ok() && tsc->size() == 1);
+  const uint64_t deadline = (*tsc)[0].data + (1ull << 40);
+  const kvm_msr_entry arm[] = {{kDeadline, 0, deadline}};
+  ASSERT_OK(vcpu_->set_msrs(arm));
+  const uint32_t dl_idx[] = {kDeadline};
+  auto armed = vcpu_->get_msrs(dl_idx);
+  ASSERT_TRUE(armed.ok() && armed->size() == 1);
+  if ((*armed)[0].data == 0) GTEST_SKIP() << "SKIP: this host's KVM has no TSC-deadline timer";
+
+  auto list = kvm_->msr_index_list();
+  ASSERT_TRUE(list.ok());
+  snapshot::Section sec;
+  ASSERT_OK(save_vcpu_state(*vcpu_, *list, sec));
+
+  auto vm2 = kvm_->create_vm();
+  ASSERT_TRUE(vm2.ok());
+  ASSERT_OK(vm2->set_tss_addr(0xfffbd000));
+  ASSERT_OK(vm2->create_irqchip());
+  auto v2 = vm2->create_vcpu(0);
+  ASSERT_TRUE(v2.ok());
+  auto cpuid = kvm_->supported_cpuid();
+  ASSERT_TRUE(cpuid.ok());
+  ASSERT_OK(v2->set_cpuid2(*cpuid));
+  ASSERT_OK(restore_vcpu_state(*v2, sec));
+  auto back = v2->get_msrs(dl_idx);
+  ASSERT_TRUE(back.ok() && back->size() == 1);
+  EXPECT_NE((*back)[0].data, 0u) << "the restored vCPU's deadline timer is disarmed";
+  auto lapic2 = v2->get_lapic();
+  ASSERT_TRUE(lapic2.ok());
+  uint32_t lvtt2;
+  std::memcpy(&lvtt2, lapic2->regs + 0x320, 4);
+  EXPECT_EQ(lvtt2, lvtt);
 }
 
 }  // namespace

@@ -342,6 +342,7 @@ Result<std::unique_ptr<Vm>> Vm::restore_from(const VmConfig& user_cfg,
     if (!cr.ok()) return make_error("vcpu{}: {}", i, cr.error().to_string());
     auto r = restore_vcpu_state(vm->vcpus_.back()->fd, *sec);
     if (!r.ok()) return make_error("restoring vcpu{}: {}", i, r.error().to_string());
+    if (i == 0) vm->check_tsc_restored(*sec);
   }
   VMM_TRY(const auto* vmsec, tree.section("vm"));
   VMM_CHECK(restore_vm_state(vm->vm_, *vmsec));
@@ -746,6 +747,8 @@ Result<nlohmann::json> Vm::handle_api(const std::string& cmd, const nlohmann::js
     return nlohmann::json{{"state", state_name(state())},
                           {"uptime_ms", ms_since_start()},
                           {"guest_clock_ns", guest_clock},
+                          {"tsc_restored", tsc_restored_ ? nlohmann::json(*tsc_restored_)
+                                                         : nlohmann::json(nullptr)},
                           {"vcpus", cfg_.cpus},
                           {"mem_bytes", cfg_.mem_bytes},
                           {"kernel", cfg_.kernel},
@@ -875,6 +878,29 @@ Result<void> Vm::harvest_dirty(std::vector<std::vector<uint64_t>>& out) {
     mem_.take_dirty(i, out[i]);
   }
   return ok();
+}
+
+void Vm::check_tsc_restored(const snapshot::Section& vcpu0) {
+  // Some hosts (this project's nested PVM one) keep the guest TSC equal to
+  // the host's whatever KVM_SET_MSRS says: a guest whose clocksource is the
+  // TSC then sees the time between snapshot and restore (kvmclock does not).
+  auto saved = vcpu0.get_pod_array<kvm_msr_entry>("msrs", 4096);
+  if (!saved.ok()) return;
+  uint64_t want = 0;
+  for (const auto& e : *saved)
+    if (e.index == 0x10) want = e.data;
+  const uint32_t idx[] = {0x10};
+  auto now = vcpus_[0]->fd.get_msrs(idx);
+  auto khz = vcpus_[0]->fd.get_tsc_khz();
+  if (!want || !now.ok() || now->empty() || !khz.ok() || *khz == 0) return;
+  double ahead_s = (static_cast<double>((*now)[0].data) - static_cast<double>(want)) /
+                   (static_cast<double>(*khz) * 1000.0);
+  tsc_restored_ = ahead_s > -1.0 && ahead_s < 1.0;
+  if (!tsc_restored_)
+    spdlog::warn("this host did not take the saved TSC (the guest's TSC is {:.1f} s ahead of it): "
+                 "a guest keeping time with the TSC sees the time since the snapshot; kvmclock "
+                 "time does not",
+                 ahead_s);
 }
 
 Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {

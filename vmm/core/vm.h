@@ -202,7 +202,10 @@ class Vm {
   // include the pause (pause_mu_).
   std::optional<kvm_clock_data> paused_clock_;
   std::optional<bool> manual_dirty_log_;
-  std::optional<CpuidTable> supported_cpuid_;  // KVM_GET_SUPPORTED_CPUID, asked once  // checked/enabled once by start_dirty_log
+  std::optional<CpuidTable> supported_cpuid_;
+  // After a restore: whether KVM kept the saved guest TSC (null otherwise).
+  std::optional<bool> tsc_restored_;
+  void check_tsc_restored(const snapshot::Section& vcpu0);  // KVM_GET_SUPPORTED_CPUID, asked once  // checked/enabled once by start_dirty_log
   std::unique_ptr<class MigrationSource> migration_;
   std::unique_ptr<ApiServer> api_;
 

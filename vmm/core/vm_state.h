@@ -23,7 +23,8 @@ Result<void> save_vcpu_state(const VcpuFd& vcpu, std::span<const uint32_t> msr_i
 Result<void> save_vm_state(const VmFd& vm, snapshot::Section& out);
 
 // The inverse of save_vcpu_state, in the order KVM needs (regs, xsave,
-// xcrs, sregs, msrs, events, mp_state, lapic, debugregs).
+// xcrs, sregs, lapic, msrs with IA32_TSC_DEADLINE last, events, mp_state,
+// debugregs).
 Result<void> restore_vcpu_state(VcpuFd& vcpu, const snapshot::Section& in);
 Result<void> restore_vm_state(VmFd& vm, const snapshot::Section& in);
 

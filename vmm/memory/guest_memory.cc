@@ -1,8 +1,12 @@
 #include "vmm/memory/guest_memory.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "vmm/base/checked_math.h"
+#include "vmm/base/unique_fd.h"
 
 namespace vmm {
 
@@ -12,12 +16,12 @@ Result<GuestMemory> GuestMemory::create_anonymous(
   for (auto [start, size] : ranges) {
     if (size == 0) return make_error("guest memory region at {:#x} has zero size", start);
     VMM_TRY(auto mapping, MmapRegion::anonymous(size));
-    VMM_CHECK(mem.add_region(start, std::move(mapping)));
+    VMM_CHECK(mem.add_region(start, std::move(mapping), true));
   }
   return mem;
 }
 
-Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping) {
+Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping, bool anonymous) {
   if (!mapping.valid() || mapping.size() == 0)
     return make_error("guest memory region at {:#x} has no mapping", start);
   auto end = checked_add(start, mapping.size());
@@ -30,10 +34,36 @@ Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping) {
   uint64_t words = ((mapping.size() + kGuestPageSize - 1) / kGuestPageSize + 63) / 64;  // pages()
   auto bits = std::make_unique<std::atomic<uint64_t>[]>(words);
   for (uint64_t i = 0; i < words; ++i) bits[i].store(0, std::memory_order_relaxed);
-  regions_.push_back(GuestRegion{start, std::move(mapping), std::move(bits)});
+  regions_.push_back(GuestRegion{start, std::move(mapping), std::move(bits), anonymous});
   std::sort(regions_.begin(), regions_.end(),
             [](const GuestRegion& a, const GuestRegion& b) { return a.start < b.start; });
   return ok();
+}
+
+Result<std::vector<uint64_t>> GuestMemory::maybe_nonzero_pages(size_t index) const {
+  if (index >= regions_.size()) return make_error("no guest memory region {}", index);
+  const auto& r = regions_[index];
+  uint64_t pages = r.pages();
+  std::vector<uint64_t> bits((pages + 63) / 64, ~0ull);
+  if (pages % 64) bits.back() = (1ull << (pages % 64)) - 1;
+  if (!r.anonymous) return bits;
+  int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return bits;  // no pagemap: every page is a candidate
+  UniqueFd pagemap(fd);
+  const uint64_t host_page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (host_page != kGuestPageSize) return bits;
+  constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62;
+  std::vector<uint64_t> entries(64 * 1024);
+  const uint64_t first = reinterpret_cast<uint64_t>(r.host()) / kGuestPageSize;
+  for (uint64_t p = 0; p < pages;) {
+    uint64_t n = std::min<uint64_t>(entries.size(), pages - p);
+    ssize_t got = ::pread(fd, entries.data(), n * 8, static_cast<off_t>((first + p) * 8));
+    if (got != static_cast<ssize_t>(n * 8)) return make_error("reading /proc/self/pagemap failed");
+    for (uint64_t i = 0; i < n; ++i)
+      if (!(entries[i] & (kPresent | kSwapped))) bits[(p + i) / 64] &= ~(1ull << ((p + i) % 64));
+    p += n;
+  }
+  return bits;
 }
 
 void GuestMemory::set_dirty_tracking(bool on) const {
