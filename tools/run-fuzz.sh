@@ -7,7 +7,7 @@
 #   BUILD_FUZZ    build directory (default build-fuzz; relative paths are taken
 #                 from the repository root). Configured with CC=clang
 #                 CXX=clang++ -DVMM_FUZZ=ON if it has no CMakeCache.txt yet.
-#   FUZZ_TARGETS  space-separated subset of targets (default: all five)
+#   FUZZ_TARGETS  space-separated subset of targets (default: all seven)
 #   FUZZ_JOBS     parallel build jobs (default: nproc)
 #   FUZZ_WORKDIR  where the corpus copies, logs and crash inputs go (default: a
 #                 new mktemp -d directory; removed on success unless FUZZ_KEEP=1)
@@ -28,7 +28,7 @@ fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_FUZZ:-build-fuzz}
 [[ $build = /* ]] || build="$root/$build"
-targets=${FUZZ_TARGETS:-"fuzz_kernel_loader fuzz_serial fuzz_symbols fuzz_virtio fuzz_snapshot fuzz_migration"}
+targets=${FUZZ_TARGETS:-"fuzz_kernel_loader fuzz_serial fuzz_symbols fuzz_virtio fuzz_snapshot fuzz_migration fuzz_device_state"}
 jobs=${FUZZ_JOBS:-$(nproc)}
 
 # ---------------------------------------------------------------- build --
