@@ -461,7 +461,9 @@ Result<void> decode_complete(std::span<const uint8_t> payload) {
 MemPagesBuilder::MemPagesBuilder(uint32_t page_size, size_t max_payload)
     : buf_(4, 0),
       page_size_(page_size),
-      max_payload_(std::min<size_t>(max_payload, kMaxMemPagesPayload)) {}
+      max_payload_(std::min<size_t>(max_payload, kMaxMemPagesPayload)) {
+  buf_.reserve(max_payload_);  // one allocation for the builder's life
+}
 
 bool MemPagesBuilder::has_room(bool zero) const {
   size_t need = 8 + (zero ? 0 : size_t{page_size_});
@@ -509,14 +511,21 @@ Result<bool> MemPagesBuilder::add(uint64_t gpa, std::span<const uint8_t> data) {
   if (data.size() != page_size_)
     return make_error("MemPagesBuilder: page at gpa {:#x} is {} bytes, the page size is {}", gpa,
                       data.size(), page_size_);
-  bool zero = !data.empty() && data[0] == 0 &&
-              std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0;
-  if (zero) {
-    VMM_CHECK(add_zero(gpa));
-  } else {
-    VMM_CHECK(add_page(gpa, data));
+  // Copy first, then test the copy (now in cache) for zeroes: guest memory
+  // is read once, and what is tested is exactly what would be sent (the
+  // guest may be writing the page meanwhile).
+  VMM_CHECK(add_page(gpa, data));
+  const uint8_t* copy = buf_.data() + buf_.size() - page_size_;
+  uint64_t any = 0;
+  for (size_t i = 0; i < page_size_; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, copy + i, 8);
+    any |= w;
   }
-  return zero;
+  if (any != 0) return false;
+  buf_.resize(buf_.size() - page_size_);
+  buf_[buf_.size() - 8] |= static_cast<uint8_t>(kPageZero);  // the address word's flag bit
+  return true;
 }
 
 std::span<const uint8_t> MemPagesBuilder::finish() {
@@ -695,7 +704,10 @@ Result<Frame> FrameReader::read_frame(int timeout_ms) {
     error_ = e;
     return e;
   };
-  if (have_ == 0 && buf_.capacity() > kMaxMemPagesPayload + kFrameOverhead)
+  // Keep a buffer that fits MemPages frames (growth by doubling may have
+  // made it up to twice that): freeing and regrowing it for every frame
+  // cost more than the copy. Only a larger one (a State frame) is released.
+  if (have_ == 0 && buf_.capacity() > 2 * (kMaxMemPagesPayload + kFrameOverhead))
     std::vector<uint8_t>().swap(buf_);
   if (buf_.size() < kHeaderBytes) buf_.resize(kHeaderBytes);
   Deadline dl(timeout_ms);

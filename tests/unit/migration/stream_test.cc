@@ -352,7 +352,8 @@ TEST(Stream, ProtocolErrorsAreFinal) {
 
 TEST(Stream, LargeBufferIsReleasedAfterALargeFrame) {
   auto [a, b] = socket_pair();
-  std::vector<uint8_t> big(kMaxMemPagesPayload + (1u << 20), 7);
+  // Over twice a MemPages frame: a buffer that large is not kept.
+  std::vector<uint8_t> big(2 * kMaxMemPagesPayload + (1u << 20), 7);
   FrameWriter w(a.get());
   std::thread t([&] {
     EXPECT_TRUE(w.write_frame(FrameType::kState, big).ok());
