@@ -376,6 +376,12 @@ def vmmctl_cli(a):
                   f"refused command: {bad.returncode} {bad.stderr}", g)
             check(run("frob").returncode == 2, "usage error", g)
             check(run("raw", "not json").returncode == 2, "bad raw request", g)
+            snap = os.path.join(d, "snap")
+            sc = run("snapshot", "create", snap, "--compact")
+            check(sc.returncode == 0 and json.loads(sc.stdout)["dir"] == snap and
+                  os.path.exists(os.path.join(snap, "state")),
+                  f"snapshot create: {sc.returncode} {sc.stdout} {sc.stderr}", g)
+            check(run("snapshot", "remove", snap).returncode == 2, "snapshot usage error", g)
             check(run("shutdown").returncode == 0, "shutdown", g)
             check(g.wait() == 0, "exit code", g)
         finally:

@@ -6,6 +6,7 @@
 //   vmmctl --socket PATH migrate tcp:HOST:PORT [--downtime-ms N] [--bandwidth MiBs]
 //          [--timeout-s N] [--max-rounds N] [--on-timeout stop-copy|fail]
 //   vmmctl --socket PATH migrate-cancel
+//   vmmctl --socket PATH snapshot create DIR
 //
 // migrate shows progress (one line per pre-copy round; redrawn in place on a
 // terminal) and ends with a summary; exit 0 when the guest runs on the
@@ -111,10 +112,13 @@ int main(int argc, char** argv) {
   app.add_option("-s,--socket", socket_path, "The VMM's --api-socket path")->required();
   app.add_flag("--compact", compact, "Print replies on one line");
   app.add_option("command", command,
-                 "status | pause | resume | shutdown | events | raw | migrate | migrate-cancel")
+                 "status | pause | resume | shutdown | events | raw | snapshot | migrate | "
+                 "migrate-cancel")
       ->required();
   app.add_option("request", raw, "For raw: a JSON request object; for migrate: tcp:HOST:PORT or "
-                                 "unix:PATH");
+                                 "unix:PATH; for snapshot: create");
+  std::string arg2;
+  app.add_option("dir", arg2, "For snapshot create: the snapshot directory");
   std::optional<uint32_t> downtime_ms, bandwidth, timeout_s, max_rounds;
   std::string on_timeout;
   app.add_option("--downtime-ms", downtime_ms, "migrate: downtime target (default 300)");
@@ -154,6 +158,15 @@ int main(int argc, char** argv) {
     if (timeout_s) req["timeout_s"] = *timeout_s;
     if (max_rounds) req["max_rounds"] = *max_rounds;
     if (!on_timeout.empty()) req["on_timeout"] = on_timeout;
+  } else if (command == "snapshot" || command == "snapshot-create") {
+    // "snapshot create DIR" (or "snapshot-create DIR")
+    std::string dir = command == "snapshot" ? arg2 : raw;
+    if ((command == "snapshot" && raw != "create") || dir.empty() ||
+        (command == "snapshot-create" && !arg2.empty())) {
+      std::fprintf(stderr, "vmmctl: usage: snapshot create DIR\n");
+      return 2;
+    }
+    req = {{"cmd", "snapshot-create"}, {"dir", dir}};
   } else if (command == "migrate-cancel") {
     req = {{"cmd", "migrate-cancel"}};
   } else if (command != "events") {
