@@ -284,6 +284,7 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
   };
 
   uint32_t round = 0;
+  uint64_t prev_remaining = UINT64_MAX;
   double bandwidth_bps = 0;
   bool converged = false;
   auto result = [&]() -> Result<nlohmann::json> {
@@ -312,11 +313,18 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
                 {"expected_downtime_ms", expected_ms},
                 {"elapsed_ms", ms_between(t0, Clock::now())}});
       std::swap(dirty, next);
-      if (expected_ms <= opts.downtime_ms) {
+      bool out_of_rounds = round + 1 >= opts.max_rounds;
+      // It fits the target: stop, unless the rounds are still shrinking the
+      // dirty set fast (each one re-protects the pages, which slows a
+      // dirtying guest down): then one more round usually leaves less for
+      // the downtime, at the cost of one short round.
+      bool shrinking = remaining > 64 && remaining * 2 <= prev_remaining;
+      prev_remaining = remaining;
+      if (expected_ms <= opts.downtime_ms && (!shrinking || out_of_rounds)) {
         converged = true;
         break;
       }
-      bool out_of_rounds = round + 1 >= opts.max_rounds;
+      if (expected_ms <= opts.downtime_ms) continue;
       bool out_of_time = opts.timeout_s && Clock::now() > deadline;
       if (out_of_rounds || out_of_time) {
         if (opts.fail_if_not_converged)
@@ -408,7 +416,14 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
                           kIoTimeoutMs));
 
   auto ranges = boot::guest_ram_ranges(cfg.mem_bytes);
-  VMM_TRY(auto mem, GuestMemory::create_anonymous(ranges));
+  VMM_TRY(auto fresh, GuestMemory::create_anonymous(ranges));
+  // The VM is built now, while pages arrive (KVM VM, memory slots, devices,
+  // vCPUs): only the state is left for the downtime. It does not run until
+  // the state is applied.
+  auto prepared = Vm::prepare_restore(cfg, std::move(fresh));
+  if (!prepared.ok()) return fail(prepared.error());
+  std::unique_ptr<Vm> vm = std::move(*prepared);
+  const GuestMemory& mem = vm->memory();
   std::vector<mig::RamRange> ram;
   for (auto [s, n] : ranges) ram.push_back({s, n});
   // Pages written so far: a zero page over one of them must clear it; over
@@ -456,28 +471,21 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
       }
       case mig::FrameType::kComplete: {
         if (auto c = mig::decode_complete(f.payload); !c.ok()) return fail(c.error());
-        auto build = [&]() -> Result<std::unique_ptr<Vm>> {
+        auto apply = [&]() -> Result<void> {
           if (state.empty()) return make_error("Complete before any State frame");
           VMM_TRY(auto file, snapshot::decode_state(state, "migration state"));
-          VMM_CHECK(snapshot::check_compatible(file.header, [&] {
-            snapshot::StateHeader h;
-            h.cpu_template = cfg.cpu_template;
-            h.config = config_fingerprint(cfg);
-            return h;
-          }()));
-          return Vm::restore_from(cfg, file, std::move(mem));
+          return vm->apply_state(file);
         };
-        auto vm = build();
-        if (!vm.ok()) {
-          (void)w.write_frame(mig::FrameType::kAck, mig::encode_ack({false, vm.error().to_string()}),
+        if (auto ar = apply(); !ar.ok()) {
+          (void)w.write_frame(mig::FrameType::kAck, mig::encode_ack({false, ar.error().to_string()}),
                               1000);
-          return make_error("incoming migration: {}", vm.error().to_string());
+          return make_error("incoming migration: {}", ar.error().to_string());
         }
         VMM_CHECK(w.write_frame(mig::FrameType::kAck, mig::encode_ack({true, ""}), kIoTimeoutMs));
         spdlog::info("incoming migration complete: {} pages ({} with data), {} rounds, {} state "
                      "bytes, {:.1f} ms since the source connected",
                      pages, data_pages, rounds, state.size(), ms_between(t0, Clock::now()));
-        return std::move(*vm);
+        return vm;
       }
       case mig::FrameType::kError: {
         auto why = mig::decode_error(f.payload);

@@ -326,44 +326,61 @@ Result<std::unique_ptr<Vm>> Vm::restore_from(const VmConfig& user_cfg,
                                              const snapshot::StateFile& file, GuestMemory mem) {
   VmConfig cfg = user_cfg;
   VMM_CHECK(config_from_header(file.header, cfg));
+  VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem)));
+  VMM_CHECK(vm->apply_state(file));
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::prepare_restore(const VmConfig& cfg, GuestMemory mem) {
   if (mem.total_size() != cfg.mem_bytes)
     return make_error("guest memory is {} bytes; the saved VM has {}", mem.total_size(),
                       cfg.mem_bytes);
   VMM_TRY(auto devices, make_virtio_devices(cfg));
   VMM_TRY(auto vm, build(cfg, std::move(mem), std::move(devices)));
-  const snapshot::Section& tree = file.tree;
   for (int i = 0; i < cfg.cpus; ++i) {
     VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
     vm->vcpus_.push_back(std::make_unique<Vcpu>(i, std::move(fd)));
     VMM_CHECK(vm->setup_vcpu(*vm->vcpus_.back(), false));  // CPUID and defaults
-    VMM_TRY(const auto* sec, tree.section(fmt::format("vcpu{}", i)));
-    VMM_TRY(auto saved_cpuid, sec->get_pod_array<kvm_cpuid_entry2>("cpuid", 4096));
-    auto cr = check_cpuid(saved_cpuid, vm->vcpus_.back()->cpuid);
-    if (!cr.ok()) return make_error("vcpu{}: {}", i, cr.error().to_string());
-    auto r = restore_vcpu_state(vm->vcpus_.back()->fd, *sec);
-    if (!r.ok()) return make_error("restoring vcpu{}: {}", i, r.error().to_string());
-    if (i == 0) vm->check_tsc_restored(*sec);
-  }
-  VMM_TRY(const auto* vmsec, tree.section("vm"));
-  VMM_CHECK(restore_vm_state(vm->vm_, *vmsec));
-  VMM_TRY(const auto* ser, tree.section("serial0"));
-  VMM_CHECK(vm->serial_->restore_section(*ser));
-  VMM_TRY(const auto* kbd, tree.section("i8042"));
-  VMM_CHECK(vm->i8042_->restore_section(*kbd));
-  VMM_TRY(const auto* probe, tree.section("boot_probe"));
-  VMM_CHECK(vm->probe_->restore_section(*probe));
-  if (vm->acpi_pm_) {
-    VMM_TRY(const auto* pm, tree.section("acpi_pm"));
-    VMM_CHECK(vm->acpi_pm_->restore_section(*pm));
-  }
-  for (size_t i = 0; i < vm->virtio_.size(); ++i) {
-    VMM_TRY(const auto* vs, tree.section(fmt::format("virtio{}", i)));
-    auto r = vm->virtio_[i].transport->restore_section(*vs);
-    if (!r.ok()) return make_error("restoring virtio{}: {}", i, r.error().to_string());
-    vm->virtio_[i].device->resume();  // restored devices come up paused
   }
   vm->cmdline_ = "(restored)";
   return vm;
+}
+
+Result<void> Vm::apply_state(const snapshot::StateFile& file) {
+  // The saved VM must be this one: what prepare_restore built from cfg_.
+  snapshot::StateHeader mine;
+  mine.cpu_template = cfg_.cpu_template;
+  mine.config = config_fingerprint(cfg_);
+  VMM_CHECK(snapshot::check_compatible(file.header, mine));
+  const snapshot::Section& tree = file.tree;
+  for (auto& v : vcpus_) {
+    VMM_TRY(const auto* sec, tree.section(fmt::format("vcpu{}", v->index)));
+    VMM_TRY(auto saved_cpuid, sec->get_pod_array<kvm_cpuid_entry2>("cpuid", 4096));
+    auto cr = check_cpuid(saved_cpuid, v->cpuid);
+    if (!cr.ok()) return make_error("vcpu{}: {}", v->index, cr.error().to_string());
+    auto r = restore_vcpu_state(v->fd, *sec);
+    if (!r.ok()) return make_error("restoring vcpu{}: {}", v->index, r.error().to_string());
+    if (v->index == 0) check_tsc_restored(*sec);
+  }
+  VMM_TRY(const auto* vmsec, tree.section("vm"));
+  VMM_CHECK(restore_vm_state(vm_, *vmsec));
+  VMM_TRY(const auto* ser, tree.section("serial0"));
+  VMM_CHECK(serial_->restore_section(*ser));
+  VMM_TRY(const auto* kbd, tree.section("i8042"));
+  VMM_CHECK(i8042_->restore_section(*kbd));
+  VMM_TRY(const auto* probe, tree.section("boot_probe"));
+  VMM_CHECK(probe_->restore_section(*probe));
+  if (acpi_pm_) {
+    VMM_TRY(const auto* pm, tree.section("acpi_pm"));
+    VMM_CHECK(acpi_pm_->restore_section(*pm));
+  }
+  for (size_t i = 0; i < virtio_.size(); ++i) {
+    VMM_TRY(const auto* vs, tree.section(fmt::format("virtio{}", i)));
+    auto r = virtio_[i].transport->restore_section(*vs);
+    if (!r.ok()) return make_error("restoring virtio{}: {}", i, r.error().to_string());
+    virtio_[i].device->resume();  // restored devices come up paused
+  }
+  return ok();
 }
 
 Result<void> Vm::setup_devices() {

@@ -102,6 +102,12 @@ class Vm {
   static Result<std::unique_ptr<Vm>> restore_from(const VmConfig& user_cfg,
                                                   const snapshot::StateFile& file,
                                                   GuestMemory mem);
+  // restore_from in two steps, for a migration destination that builds the
+  // VM (KVM VM, memory slots, devices, vCPUs with their CPUID) while pages
+  // arrive, and applies the state at the end: cfg is the VM's own
+  // configuration (the saved one must match it: apply_state checks).
+  static Result<std::unique_ptr<Vm>> prepare_restore(const VmConfig& cfg, GuestMemory mem);
+  Result<void> apply_state(const snapshot::StateFile& file);
 
   // ---- Dirty page tracking for live migration (vmm/core/migration.cc).
   // Turns on KVM dirty logging on every memory slot (with manual protect
