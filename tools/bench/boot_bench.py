@@ -66,21 +66,14 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import parse_size  # noqa: E402
+
 READY = b"TESTGUEST READY"
 DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 
 
 # ----------------------------------------------------------------- helpers --
-
-def parse_size(text):
-    """'512M' -> bytes (K/M/G suffixes, binary)."""
-    t = text.strip().upper().rstrip("B")
-    mult = 1
-    if t and t[-1] in "KMG":
-        mult = 1024 ** ("KMG".index(t[-1]) + 1)
-        t = t[:-1]
-    return int(t) * mult
-
 
 def read_status(pid):
     """Selected /proc/PID/status fields, in KiB."""

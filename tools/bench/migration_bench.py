@@ -110,6 +110,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import host_info, parse_size, loadavg, sha256_file  # noqa: E402
+
 READY = b"TESTGUEST READY"
 DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 MIB = 1 << 20
@@ -119,30 +122,6 @@ QEMU_UNLIMITED_BW = 1 << 40  # bytes/s
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def parse_size(text):
-    t = text.strip().upper().rstrip("B")
-    mult = 1
-    if t and t[-1] in "KMG":
-        mult = 1024 ** ("KMG".index(t[-1]) + 1)
-        t = t[:-1]
-    return int(t) * mult
-
-
-def loadavg():
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except (OSError, ValueError):
-        return []
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def free_port():
@@ -971,23 +950,9 @@ def main():
     downtimes = [int(x) for x in a.downtime_ms.split(",") if x.strip()]
     configs = [(m, d, e, dt) for dt in downtimes for m in mems for d, e in dirty]
 
-    info = {"kernel": platform.release(), "nproc": os.cpu_count(),
-            "vmm": a.vmm, "guest": a.guest,
-            "sha256": {p: sha256(p) for p in (a.vmm, a.guest) if os.path.isfile(p)},
-            "nested_pvm": os.path.exists("/sys/module/kvm_pvm"), "load_start": loadavg()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f
-                               if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if "qemu" in vmms:
-        try:
-            info["qemu_version"] = subprocess.run(
-                [a.qemu, "--version"], capture_output=True, text=True,
-                timeout=10).stdout.splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            pass
+    info = host_info(a.qemu if "qemu" in vmms else None, vmm=a.vmm, guest=a.guest,
+                     sha256={p: sha256_file(p) for p in (a.vmm, a.guest) if os.path.isfile(p)},
+                     load_start=loadavg())
 
     runs, bws = [], []
     k = 0

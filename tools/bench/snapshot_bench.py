@@ -97,6 +97,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import host_info, parse_size, loadavg, sha256_file  # noqa: E402
+
 READY = b"TESTGUEST READY"
 DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 
@@ -110,22 +113,6 @@ ENTERING_RE = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] \[debug\] vCPU 0 e
 
 # ----------------------------------------------------------------- helpers --
 
-def parse_size(text):
-    t = text.strip().upper().rstrip("B")
-    mult = 1
-    if t and t[-1] in "KMG":
-        mult = 1024 ** ("KMG".index(t[-1]) + 1)
-        t = t[:-1]
-    return int(t) * mult
-
-
-def loadavg():
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except (OSError, ValueError):
-        return []
-
-
 def fs_type(path):
     try:
         out = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
@@ -133,14 +120,6 @@ def fs_type(path):
         return out or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_sizes(path):
@@ -1008,21 +987,8 @@ def main():
         if not os.path.isdir(d):
             ap.error(f"--dirs: {d} is not a directory")
 
-    info = {"kernel": platform.release(), "nproc": os.cpu_count(),
-            "nested_pvm": os.path.exists("/sys/module/kvm_pvm"), "load_start": loadavg(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "fs": {d: fs_type(d) for d in a.dir_list}}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f
-                               if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        info["qemu_version"] = subprocess.run([a.qemu, "--version"], capture_output=True,
-                                              text=True, timeout=10).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
+    info = host_info(a.qemu, load_start=loadavg(), started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                     fs={d: fs_type(d) for d in a.dir_list})
 
     bindir = tempfile.mkdtemp(prefix="snapbench-bin-")
     work = {d: tempfile.mkdtemp(prefix="snapbench-", dir=d) for d in a.dir_list}

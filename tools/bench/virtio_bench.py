@@ -85,6 +85,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import host_info, parse_size, cpuinfo_mhz  # noqa: E402
+
 READY = b"TESTGUEST READY"
 DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 SECTOR = 512
@@ -131,26 +134,6 @@ MMIO_RE = re.compile(r"MMIOBENCH reads=(\d+) cycles=(\d+) bad=0$")
 
 
 # ----------------------------------------------------------------- helpers --
-
-def parse_size(text):
-    t = text.strip().upper().rstrip("B")
-    mult = 1
-    if t and t[-1] in "KMG":
-        mult = 1024 ** ("KMG".index(t[-1]) + 1)
-        t = t[:-1]
-    return int(t) * mult
-
-
-def cpuinfo_mhz():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
 
 def loadavg():
     try:
@@ -999,20 +982,7 @@ def main():
 
     a.disk_size_bytes = parse_size(a.disk_size)
     a.disk = os.path.join(a.disk_dir, f"virtio-bench-{os.getpid()}.raw")
-    info = {"kernel": platform.release(), "nproc": os.cpu_count(),
-            "nested_pvm": os.path.exists("/sys/module/kvm_pvm"), "load_start": loadavg(),
-            "cpuinfo_mhz": cpuinfo_mhz()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f
-                               if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        info["qemu_version"] = subprocess.run([a.qemu, "--version"], capture_output=True,
-                                              text=True, timeout=10).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
+    info = host_info(a.qemu, load_start=loadavg(), cpuinfo_mhz=cpuinfo_mhz())
 
     results, base, lin, failures = {}, {}, None, []
     try:

@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmark scripts in tools/bench (stdlib only)."""
+import hashlib
+
+
+def parse_size(text):
+    """'512M' -> bytes (K/M/G suffixes, binary; a trailing B is ignored)."""
+    t = text.strip().upper().rstrip("B")
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = 1024 ** ("KMG".index(t[-1]) + 1)
+        t = t[:-1]
+    return int(t) * mult
+
+
+def loadavg():
+    """The 1/5/15-minute load averages as floats ([] if unreadable)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpuinfo_mhz():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def host_info(qemu=None, **extra):
+    """What a report records about the host: kernel, CPUs, nested PVM, load,
+    CPU model and (if given) the QEMU binary's version; plus `extra`."""
+    import os
+    import platform
+    import subprocess
+    info = {"kernel": platform.release(), "nproc": os.cpu_count(),
+            "nested_pvm": os.path.exists("/sys/module/kvm_pvm"), **extra}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f
+                               if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if qemu:
+        try:
+            info["qemu_version"] = subprocess.run([qemu, "--version"], capture_output=True,
+                                                  text=True, timeout=10).stdout.splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return info
