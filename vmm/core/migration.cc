@@ -206,7 +206,13 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
   }
 
   // ---- Pre-copy rounds.
-  VMM_TRY(bool manual, vm_.start_dirty_log());
+  auto dirty_log = vm_.start_dirty_log();
+  if (!dirty_log.ok()) {
+    vm_.stop_dirty_log();  // it may have got part of the way
+    tell_peer(dirty_log.error());
+    return dirty_log.error();
+  }
+  const bool manual = *dirty_log;
   const GuestMemory& mem = vm_.memory();
   const auto& regions = mem.regions();
   bool we_paused = false;
