@@ -57,9 +57,11 @@ Result<MigrateOptions> parse_migrate_request(const nlohmann::json& req) {
   auto num = [&](const char* key, uint32_t& out, uint32_t lo, uint32_t hi) -> Result<void> {
     if (!req.contains(key)) return ok();
     const auto& v = req[key];
-    if (!v.is_number_unsigned() || v.get<uint64_t>() < lo || v.get<uint64_t>() > hi)
+    // Any JSON integer (nlohmann parses "50" as unsigned, but a signed 50 is
+    // just as good); huge unsigned values read as negative and are refused.
+    if (!v.is_number_integer() || v.get<int64_t>() < int64_t{lo} || v.get<int64_t>() > int64_t{hi})
       return make_error("migrate: \"{}\" must be an integer in [{}, {}]", key, lo, hi);
-    out = static_cast<uint32_t>(v.get<uint64_t>());
+    out = static_cast<uint32_t>(v.get<int64_t>());
     return ok();
   };
   VMM_CHECK(num("downtime_ms", o.downtime_ms, 1, 600000));
