@@ -93,10 +93,14 @@ double num(const nlohmann::json& j, const char* key) {
 }
 
 void show_progress(const nlohmann::json& e, bool tty) {
+  // The bar: what is sent out of what is sent plus what is still dirty.
+  double sent = num(e, "transferred_bytes"), left = num(e, "remaining_bytes");
+  int filled = sent + left > 0 ? static_cast<int>(20 * sent / (sent + left)) : 0;
+  std::string bar = "[" + std::string(filled, '#') + std::string(20 - filled, '.') + "] ";
   std::fprintf(stderr,
-               "%sround %d | sent %s | remaining %s | dirty %.1f MiB/s | bandwidth %.1f MiB/s | "
+               "%s%sround %d | sent %s | remaining %s | dirty %.1f MiB/s | bandwidth %.1f MiB/s | "
                "expected downtime %.0f ms%s",
-               tty ? "\r\033[K" : "", static_cast<int>(num(e, "round")),
+               tty ? "\r\033[K" : "", bar.c_str(), static_cast<int>(num(e, "round")),
                human_bytes(num(e, "transferred_bytes")).c_str(),
                human_bytes(num(e, "remaining_bytes")).c_str(), num(e, "dirty_rate_mibs"),
                num(e, "bandwidth_mibs"), num(e, "expected_downtime_ms"), tty ? "" : "\n");
