@@ -2,7 +2,7 @@
 // snapshot's or a migration stream's device sections (hostile: a snapshot file
 // can be edited, a migration peer can be malicious). Each run makes a fresh
 // device, restores it from the input through restore_section() exactly as
-// Vm::restore_from() does, and then drives it a little.
+// Vm::apply_state() does, and then drives it a little.
 //
 // Input: byte 0 picks the device (% 8):
 //   0 Serial16550 ("serial0")   1 I8042 ("i8042")   2 AcpiPm ("acpi_pm")

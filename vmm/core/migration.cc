@@ -36,6 +36,18 @@ uint64_t count_bits(const std::vector<std::vector<uint64_t>>& bits) {
   return n;
 }
 
+// The destination's answer to `what` must be a `want` frame; an Error frame
+// carries its reason.
+Result<void> expect_answer(const mig::Frame& f, mig::FrameType want, const char* what) {
+  if (f.type == mig::FrameType::kError) {
+    VMM_TRY(auto why, mig::decode_error(f.payload));
+    return make_error("destination: {}", why);
+  }
+  if (f.type != want)
+    return make_error("destination answered {} with {}", what, mig::frame_type_name(f.type));
+  return ok();
+}
+
 mig::Hello local_hello(const VmConfig& cfg) {
   mig::Hello h;
   h.vmm_version = "vmm 0.1";
@@ -197,12 +209,7 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
     VMM_TRY(auto hello, mig::encode_hello(local_hello(vm_.config())));
     VMM_CHECK(w.write_frame(mig::FrameType::kHello, hello, kIoTimeoutMs));
     VMM_TRY(auto f, rd.read_frame(kIoTimeoutMs));
-    if (f.type == mig::FrameType::kError) {
-      VMM_TRY(auto why, mig::decode_error(f.payload));
-      return make_error("destination: {}", why);
-    }
-    if (f.type != mig::FrameType::kHelloReply)
-      return make_error("destination answered Hello with {}", mig::frame_type_name(f.type));
+    VMM_CHECK(expect_answer(f, mig::FrameType::kHelloReply, "Hello"));
     VMM_TRY(auto reply, mig::decode_hello_reply(f.payload));
     if (!reply.accepted) return make_error("destination refused: {}", reply.reason);
   }
@@ -363,12 +370,7 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
                         "here, but the destination may have resumed it too",
                         fr.error().to_string());
     const auto& f = *fr;
-    if (f.type == mig::FrameType::kError) {
-      VMM_TRY(auto why, mig::decode_error(f.payload));
-      return make_error("destination: {}", why);
-    }
-    if (f.type != mig::FrameType::kAck)
-      return make_error("destination answered Complete with {}", mig::frame_type_name(f.type));
+    VMM_CHECK(expect_answer(f, mig::FrameType::kAck, "Complete"));
     VMM_TRY(auto ack, mig::decode_ack(f.payload));
     if (!ack.ok) return make_error("destination could not resume the guest: {}", ack.reason);
     const auto acked_at = Clock::now();

@@ -315,19 +315,11 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
   VMM_CHECK(config_from_header(file.header, cfg));
   VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
                                     copy_memory));
-  VMM_TRY(auto vm, restore_from(user_cfg, file, std::move(mem)));
+  VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem)));
+  VMM_CHECK(vm->apply_state(file));
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("restored from {} in {:.2f} ms ({} MiB {}, {} vCPU(s), {} virtio device(s))", dir, ms,
                cfg.mem_bytes >> 20, copy_memory ? "copied" : "mapped", cfg.cpus, vm->virtio_.size());
-  return vm;
-}
-
-Result<std::unique_ptr<Vm>> Vm::restore_from(const VmConfig& user_cfg,
-                                             const snapshot::StateFile& file, GuestMemory mem) {
-  VmConfig cfg = user_cfg;
-  VMM_CHECK(config_from_header(file.header, cfg));
-  VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem)));
-  VMM_CHECK(vm->apply_state(file));
   return vm;
 }
 

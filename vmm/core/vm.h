@@ -97,15 +97,11 @@ class Vm {
   Result<snapshot::Section> save_state_tree();
   snapshot::StateHeader state_header() const;
   // Builds a VM from a decoded state file and guest memory that already
-  // holds the guest's RAM (a mapped snapshot file, or pages received from a
-  // migration source). Configuration comes from file.header as for restore().
-  static Result<std::unique_ptr<Vm>> restore_from(const VmConfig& user_cfg,
-                                                  const snapshot::StateFile& file,
-                                                  GuestMemory mem);
-  // restore_from in two steps, for a migration destination that builds the
-  // VM (KVM VM, memory slots, devices, vCPUs with their CPUID) while pages
-  // arrive, and applies the state at the end: cfg is the VM's own
-  // configuration (the saved one must match it: apply_state checks).
+  // holds (or will hold) the guest's RAM, in two steps, so that a migration
+  // destination can build the VM (KVM VM, memory slots, devices, vCPUs with
+  // their CPUID) while pages arrive and apply the state at the end; restore()
+  // does both at once. cfg is the VM's own configuration (the saved one must
+  // match it: apply_state checks).
   static Result<std::unique_ptr<Vm>> prepare_restore(const VmConfig& cfg, GuestMemory mem);
   Result<void> apply_state(const snapshot::StateFile& file);
 

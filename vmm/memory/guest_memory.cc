@@ -31,10 +31,11 @@ Result<void> GuestMemory::add_region(Gpa start, MmapRegion mapping, bool anonymo
       return make_error("guest memory region [{:#x}, {:#x}) overlaps [{:#x}, {:#x})", start,
                         *end, r.start, r.end());
   }
-  uint64_t words = ((mapping.size() + kGuestPageSize - 1) / kGuestPageSize + 63) / 64;  // pages()
-  auto bits = std::make_unique<std::atomic<uint64_t>[]>(words);
-  for (uint64_t i = 0; i < words; ++i) bits[i].store(0, std::memory_order_relaxed);
-  regions_.push_back(GuestRegion{start, std::move(mapping), std::move(bits), anonymous});
+  GuestRegion region{start, std::move(mapping), nullptr, anonymous};
+  const uint64_t words = (region.pages() + 63) / 64;
+  region.vmm_dirty = std::make_unique<std::atomic<uint64_t>[]>(words);
+  for (uint64_t i = 0; i < words; ++i) region.vmm_dirty[i].store(0, std::memory_order_relaxed);
+  regions_.push_back(std::move(region));
   std::sort(regions_.begin(), regions_.end(),
             [](const GuestRegion& a, const GuestRegion& b) { return a.start < b.start; });
   return ok();
