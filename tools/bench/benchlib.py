@@ -61,3 +61,35 @@ def host_info(qemu=None, **extra):
         except (OSError, subprocess.SubprocessError, IndexError):
             pass
     return info
+
+
+DEFAULT_QEMU_CPU = "host,-arch-capabilities"
+
+
+def add_vm_args(ap):
+    """--vmm, --guest, --qemu, --qemu-cpu: the binaries a side-by-side
+    benchmark of the test guest runs, with the same defaults everywhere."""
+    ap.add_argument("--vmm", default="build/vmm/vmm", help="our vmm (default build/vmm/vmm)")
+    ap.add_argument("--guest", default="build/guest-images/test-guest/test-guest.elf",
+                    help="test guest ELF (default build/guest-images/test-guest/test-guest.elf)")
+    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
+    ap.add_argument("--qemu-cpu", default=DEFAULT_QEMU_CPU,
+                    help=f"QEMU -cpu (default {DEFAULT_QEMU_CPU}; plain 'host' aborts on the "
+                         "nested build hosts)")
+
+
+def stat(vals):
+    """median/min/max/n of the values that are not None (None if there are none)."""
+    import statistics
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+            "n": len(vals)}
+
+
+def ratio(a, b):
+    """a's median over b's (two stat() results), as text; '-' if either is missing."""
+    if a is None or b is None or not b["median"]:
+        return "-"
+    return f"{a['median'] / b['median']:.2f}"

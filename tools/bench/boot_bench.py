@@ -67,10 +67,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import parse_size  # noqa: E402
+from benchlib import DEFAULT_QEMU_CPU, parse_size  # noqa: E402
 
 READY = b"TESTGUEST READY"
-DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 
 
 # ----------------------------------------------------------------- helpers --

@@ -111,10 +111,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import host_info, parse_size, loadavg, sha256_file  # noqa: E402
+from benchlib import (  # noqa: E402
+    DEFAULT_QEMU_CPU, add_vm_args, stat, ratio, host_info, parse_size, loadavg, sha256_file)
 
 READY = b"TESTGUEST READY"
-DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 MIB = 1 << 20
 PASS_RE = re.compile(rb"dirty pass (\d+)")
 QEMU_UNLIMITED_BW = 1 << 40  # bytes/s
@@ -718,14 +718,6 @@ def run_one(a, who, mem, dirty_mib, every, downtime_ms, rep):
 
 # ------------------------------------------------------------- reporting --
 
-def stat(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
-            "n": len(vals)}
-
-
 def fmt(st, digits=0):
     if st is None:
         return "-"
@@ -733,12 +725,6 @@ def fmt(st, digits=0):
     if st["n"] == 1:
         return f.format(st["median"])
     return f"{f.format(st['median'])} ({f.format(st['min'])}-{f.format(st['max'])})"
-
-
-def ratio(a, b):
-    if a is None or b is None or not b["median"]:
-        return "-"
-    return f"{a['median'] / b['median']:.2f}"
 
 
 METRICS = [
@@ -885,13 +871,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 1)[1])
-    ap.add_argument("--vmm", default="build/vmm/vmm", help="our vmm (default build/vmm/vmm)")
-    ap.add_argument("--guest", default="build/guest-images/test-guest/test-guest.elf",
-                    help="test guest ELF (default build/guest-images/test-guest/test-guest.elf)")
-    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
-    ap.add_argument("--qemu-cpu", default=DEFAULT_QEMU_CPU,
-                    help=f"QEMU -cpu (default {DEFAULT_QEMU_CPU}; plain 'host' aborts on the "
-                         "nested build hosts)")
+    add_vm_args(ap)
     ap.add_argument("--qemu-machine", default="microvm", help="QEMU -M (default microvm)")
     ap.add_argument("--mems", default="512M,2G", help="guest RAM sizes (default 512M,2G)")
     ap.add_argument("--dirty", default="64:4,16:16",

@@ -98,10 +98,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import host_info, parse_size, loadavg, sha256_file  # noqa: E402
+from benchlib import (  # noqa: E402
+    DEFAULT_QEMU_CPU, add_vm_args, stat, ratio, host_info, parse_size, loadavg, sha256_file)
 
 READY = b"TESTGUEST READY"
-DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 
 RESTORED_RE = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] \[info\] restored from .* in "
                          r"([0-9.]+) ms \((\d+) MiB (mapped|copied)")
@@ -704,14 +704,6 @@ def strace_restore(a, snapdir, out_path):
 
 # ------------------------------------------------------------- reporting --
 
-def stat(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
-            "n": len(vals)}
-
-
 def fmt(st, digits=1):
     if not st:
         return "-"
@@ -719,12 +711,6 @@ def fmt(st, digits=1):
     if st["n"] == 1 or st["min"] == st["max"]:
         return f.format(st["median"])
     return f"{f.format(st['median'])} ({f.format(st['min'])}-{f.format(st['max'])})"
-
-
-def ratio(x, y):
-    if not x or not y or not y["median"]:
-        return "-"
-    return f"{x['median'] / y['median']:.2f}"
 
 
 def md_table(header, rows):
@@ -940,12 +926,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 1)[1])
-    ap.add_argument("--vmm", default="build/vmm/vmm", help="our vmm (default build/vmm/vmm)")
-    ap.add_argument("--guest", default="build/guest-images/test-guest/test-guest.elf",
-                    help="test guest ELF (default build/guest-images/test-guest/test-guest.elf)")
-    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
-    ap.add_argument("--qemu-cpu", default=DEFAULT_QEMU_CPU,
-                    help=f"QEMU -cpu (default {DEFAULT_QEMU_CPU})")
+    add_vm_args(ap)
     ap.add_argument("--qemu-mode", choices=("stopped", "live"), default="stopped",
                     help="stopped: stop, migrate, cont (default); live: migrate a running guest")
     ap.add_argument("--qemu-transport", choices=("fd", "exec"), default="fd",

@@ -86,10 +86,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import host_info, parse_size, cpuinfo_mhz  # noqa: E402
+from benchlib import (  # noqa: E402
+    DEFAULT_QEMU_CPU, add_vm_args, stat, host_info, parse_size, cpuinfo_mhz)
 
 READY = b"TESTGUEST READY"
-DEFAULT_QEMU_CPU = "host,-arch-capabilities"
 SECTOR = 512
 MIB = 1 << 20
 GUEST_MAC = "52:54:00:be:4c:01"
@@ -660,14 +660,6 @@ def unit(w):
     return "frames/s"
 
 
-def stat(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
-            "n": len(vals)}
-
-
 def fmt(st, digits=None):
     if not st:
         return "-"
@@ -915,13 +907,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 1)[1])
-    ap.add_argument("--vmm", default="build/vmm/vmm", help="our vmm (default build/vmm/vmm)")
-    ap.add_argument("--guest", default="build/guest-images/test-guest/test-guest.elf",
-                    help="test guest ELF (default build/guest-images/test-guest/test-guest.elf)")
-    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
-    ap.add_argument("--qemu-cpu", default=DEFAULT_QEMU_CPU,
-                    help=f"QEMU -cpu (default {DEFAULT_QEMU_CPU}; plain 'host' aborts on the "
-                         "nested build hosts)")
+    add_vm_args(ap)
     ap.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
     ap.add_argument("--mem", default="256M", help="guest RAM, both VMMs (default 256M)")
     ap.add_argument("--disk-dir", default="/dev/shm",
