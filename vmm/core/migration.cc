@@ -225,12 +225,15 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
   const GuestMemory& mem = vm_.memory();
   const auto& regions = mem.regions();
   bool we_paused = false;
+  // The guest resumes first: turning dirty logging off rewrites every
+  // memory slot, one SRCU grace period each (milliseconds on this host),
+  // and a running guest does not need to wait for that.
   auto cleanup = [&] {
-    vm_.stop_dirty_log();
     if (we_paused) {
       auto r = vm_.resume();
       if (!r.ok()) spdlog::error("migration: resuming the guest failed: {}", r.error().to_string());
     }
+    vm_.stop_dirty_log();
   };
 
   // Round 0: every page that may hold data. Pages of anonymous RAM the
