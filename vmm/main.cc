@@ -87,6 +87,13 @@ int main(int argc, char** argv) {
                  "on | off: ACPI tables (MADT, hardware-reduced FADT with power-off and "
                  "reset registers) besides the MP table (default on)")
       ->check(CLI::IsMember({"on", "off"}));
+  std::string thp = "off";
+  app.add_option("--thp", thp,
+                 "on | off: advise transparent huge pages for anonymous guest RAM "
+                 "(madvise MADV_HUGEPAGE, QEMU's and Cloud Hypervisor's default: fewer page "
+                 "faults and KVM mappings, RSS grows in 2 MiB steps; see docs/cli.md; "
+                 "default off)")
+      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--time-dilation", cfg.time_dilation,
                  "On hosts that interpret guest kernel code: make guest time run N times "
                  "slower than real time, so timer interrupts arrive N times less often "
@@ -114,6 +121,7 @@ int main(int argc, char** argv) {
   }
   cfg.cmdline_given = cmdline_opt->count() > 0;
   cfg.acpi = acpi == "on";
+  cfg.thp = thp == "on";
   vmm::log::init(cfg.log_level);
 
   auto size = vmm::parse_size(mem);

@@ -64,6 +64,35 @@ def cmdline_and_memory(a):
         g.kill()
 
 
+def anon_huge_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        m = re.search(r"^AnonHugePages:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+@test
+def guest_ram_thp(a):
+    """Guest RAM is advised transparent huge pages with --thp on and not with
+    --thp off (the default): the process's AnonHugePages while the guest
+    writes a byte in every page of 8 MiB (at 32 MiB: four 2 MiB-aligned huge
+    pages)."""
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        mode = re.search(r"\[(\w+)\]", f.read()).group(1)
+    for thp in ("on", "off"):
+        g = boot(a, "--thp", thp)
+        try:
+            g.send("dirty 8 64")
+            g.expect("dirty pass 64")
+            kib = anon_huge_kib(g.proc.pid)
+            print(f"--thp {thp}: AnonHugePages {kib} kB (host THP mode {mode})")
+            if thp == "on" and mode != "never":
+                check(kib >= 8 * 1024, f"--thp on: only {kib} kB of huge pages", g)
+            if thp == "off" and mode == "madvise":
+                check(kib == 0, f"--thp off: {kib} kB of huge pages", g)
+        finally:
+            g.kill()
+
+
 @test
 def pvh_entry(a):
     """The same guest entered through its Xen PVH note (32-bit entry, own page

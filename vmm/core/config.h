@@ -29,6 +29,7 @@ struct VmConfig {
   CpuidMitigation cpuid_mitigation = CpuidMitigation::kAuto;
   std::string boot_protocol = "auto";  // auto | linux64 | pvh
   bool acpi = true;                    // ACPI tables + power-management device
+  bool thp = false;                    // guest RAM advised MADV_HUGEPAGE (host-local, not saved)
   uint32_t time_dilation = 1;          // guest time runs this many times slower (see docs)
   std::string log_level = "info";
   uint32_t sample_rip_ms = 0;         // 0: off

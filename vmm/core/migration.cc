@@ -429,7 +429,7 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
                           kIoTimeoutMs));
 
   auto ranges = boot::guest_ram_ranges(cfg.mem_bytes);
-  VMM_TRY(auto fresh, GuestMemory::create_anonymous(ranges));
+  VMM_TRY(auto fresh, GuestMemory::create_anonymous(ranges, cfg.thp));
   // The VM is built now, while pages arrive (KVM VM, memory slots, devices,
   // vCPUs): only the state is left for the downtime. It does not run until
   // the state is applied.

@@ -256,7 +256,8 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
   }
   // A garbled kernel is refused here too: it is loaded now, into the guest
   // memory the VM will map, so it is parsed and copied once.
-  VMM_TRY(auto mem, GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes)));
+  VMM_TRY(auto mem,
+          GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes), cfg.thp));
   auto info = boot::load_kernel(mem, kernel);
   if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
   VmInputs in{std::move(mem), std::move(info).value(), std::move(initrd), std::nullopt, {}};
@@ -317,7 +318,7 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
   VmConfig cfg = user_cfg;
   VMM_CHECK(config_from_header(file.header, cfg));
   VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
-                                    copy_memory));
+                                    copy_memory, cfg.thp));
   VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem)));
   VMM_CHECK(vm->apply_state(file));
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -173,7 +173,8 @@ Result<void> check_cpuid(std::span<const kvm_cpuid_entry2> saved,
                     total == 1 ? "" : "s", list);
 }
 
-Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy) {
+Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy,
+                                    bool huge_pages) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno_error("cannot open memory file '{}'", path);
   UniqueFd file(fd);
@@ -188,7 +189,7 @@ Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes,
     if (copy) {
       // Only the file's data extents are read (SEEK_DATA): the holes are
       // zero pages, and fresh anonymous memory already reads as zero.
-      VMM_TRY(auto region, MmapRegion::anonymous(size));
+      VMM_TRY(auto region, MmapRegion::anonymous(size, huge_pages));
       uint64_t pos = 0;
       while (pos < size) {
         off_t data = ::lseek(fd, static_cast<off_t>(off + pos), SEEK_DATA);

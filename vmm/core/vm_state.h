@@ -37,8 +37,10 @@ Result<void> check_cpuid(std::span<const kvm_cpuid_entry2> saved,
 
 // Guest memory backed by a snapshot's memory file: each RAM range of
 // boot::guest_ram_ranges(mem_bytes) mapped MAP_PRIVATE (lazy, copy-on-write)
-// from its offset in the file, or copied into anonymous memory when `copy`.
-Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy);
+// from its offset in the file, or copied into anonymous memory when `copy`
+// (advised transparent huge pages when `huge_pages`).
+Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy,
+                                    bool huge_pages = false);
 
 // Writes every guest memory region back to back into `path` (created 0600,
 // fsynced), leaving 4 KiB pages that are all zero as holes (a sparse file).

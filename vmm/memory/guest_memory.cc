@@ -11,11 +11,11 @@
 namespace vmm {
 
 Result<GuestMemory> GuestMemory::create_anonymous(
-    const std::vector<std::pair<Gpa, uint64_t>>& ranges) {
+    const std::vector<std::pair<Gpa, uint64_t>>& ranges, bool huge_pages) {
   GuestMemory mem;
   for (auto [start, size] : ranges) {
     if (size == 0) return make_error("guest memory region at {:#x} has zero size", start);
-    VMM_TRY(auto mapping, MmapRegion::anonymous(size));
+    VMM_TRY(auto mapping, MmapRegion::anonymous(size, huge_pages));
     VMM_CHECK(mem.add_region(start, std::move(mapping), true));
   }
   return mem;

@@ -42,8 +42,9 @@ class GuestMemory {
   GuestMemory& operator=(GuestMemory&&) = default;
 
   // One anonymous region per (start, size); refuses overlaps, zero sizes, wraparound.
+  // huge_pages: advise transparent huge pages (MmapRegion::anonymous).
   static Result<GuestMemory> create_anonymous(
-      const std::vector<std::pair<Gpa, uint64_t>>& ranges);
+      const std::vector<std::pair<Gpa, uint64_t>>& ranges, bool huge_pages = false);
 
   // Adds a region that maps existing memory (e.g. a file). Same checks.
   Result<void> add_region(Gpa start, MmapRegion mapping, bool anonymous = false);
