@@ -635,23 +635,6 @@ uint64_t mutate_scalar(uint64_t v, int bits, Rng& rng) {
   return bits == 64 ? v : v & ((1ull << bits) - 1);
 }
 
-void copy_field(Section& out, const Field& f) {
-  using snapshot::Kind;
-  switch (f.kind) {
-    case Kind::kU8: out.put_u8(f.name, static_cast<uint8_t>(f.scalar)); break;
-    case Kind::kU16: out.put_u16(f.name, static_cast<uint16_t>(f.scalar)); break;
-    case Kind::kU32: out.put_u32(f.name, static_cast<uint32_t>(f.scalar)); break;
-    case Kind::kU64: out.put_u64(f.name, f.scalar); break;
-    case Kind::kI64: out.put_i64(f.name, static_cast<int64_t>(f.scalar)); break;
-    case Kind::kBool: out.put_bool(f.name, f.scalar != 0); break;
-    case Kind::kBytes: out.put_bytes(f.name, f.bytes); break;
-    case Kind::kString:
-      out.put_string(f.name, std::string(f.bytes.begin(), f.bytes.end()));
-      break;
-    case Kind::kSection: break;
-  }
-}
-
 void mutate_field(Field& f, Rng& rng) {
   using snapshot::Kind;
   switch (f.kind) {
@@ -684,7 +667,7 @@ Section with_mutated_field(const Section& s, long& k, Rng& rng) {
   for (const Field& f : s.fields()) {
     Field g = f;
     if (k-- == 0) mutate_field(g, rng);
-    copy_field(out, g);
+    out.put_field(g);
   }
   for (const Section& c : s.sections()) out.put_section(c.name(), with_mutated_field(c, k, rng));
   return out;

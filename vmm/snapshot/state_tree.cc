@@ -101,6 +101,23 @@ Field& Section::put(std::string_view name, Kind kind) {
   return f;
 }
 
+void Section::put_field(const Field& f) {
+  switch (f.kind) {
+    case Kind::kU8: put_u8(f.name, static_cast<uint8_t>(f.scalar)); break;
+    case Kind::kU16: put_u16(f.name, static_cast<uint16_t>(f.scalar)); break;
+    case Kind::kU32: put_u32(f.name, static_cast<uint32_t>(f.scalar)); break;
+    case Kind::kU64: put_u64(f.name, f.scalar); break;
+    case Kind::kI64: put_i64(f.name, static_cast<int64_t>(f.scalar)); break;
+    case Kind::kBool: put_bool(f.name, f.scalar != 0); break;
+    case Kind::kBytes: put_bytes(f.name, f.bytes); break;
+    case Kind::kString:
+      put_string(f.name, std::string_view(reinterpret_cast<const char*>(f.bytes.data()),
+                                          f.bytes.size()));
+      break;
+    case Kind::kSection: break;
+  }
+}
+
 Section& Section::add_section(std::string_view name) { return put_section(name, Section()); }
 
 Section& Section::put_section(std::string_view name, Section child) {

@@ -111,6 +111,10 @@ class Section {
     put_bytes(name, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
                                              v.size_bytes()));
   }
+  // A copy of `f` (from another tree) stored as the typed put_* above would
+  // store it: the scalar cut to its kind's width, a bool as 0/1. A field of
+  // kind kSection (never one in fields()) is ignored.
+  void put_field(const Field& f);
   // A new empty child section (replacing any entry of that name).
   Section& add_section(std::string_view name);
   // Adopts `child` (built elsewhere, e.g. by a device's save()) under `name`.

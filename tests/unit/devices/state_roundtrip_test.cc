@@ -59,22 +59,6 @@ Section named(Section s, const char* name = "dev0") {
   return *root.find_section(name);
 }
 
-void copy_field(Section& out, const Field& f) {
-  switch (f.kind) {
-    case Kind::kU8: out.put_u8(f.name, static_cast<uint8_t>(f.scalar)); break;
-    case Kind::kU16: out.put_u16(f.name, static_cast<uint16_t>(f.scalar)); break;
-    case Kind::kU32: out.put_u32(f.name, static_cast<uint32_t>(f.scalar)); break;
-    case Kind::kU64: out.put_u64(f.name, f.scalar); break;
-    case Kind::kI64: out.put_i64(f.name, static_cast<int64_t>(f.scalar)); break;
-    case Kind::kBool: out.put_bool(f.name, f.scalar != 0); break;
-    case Kind::kBytes: out.put_bytes(f.name, f.bytes); break;
-    case Kind::kString:
-      out.put_string(f.name, std::string(f.bytes.begin(), f.bytes.end()));
-      break;
-    case Kind::kSection: break;
-  }
-}
-
 // Every entry of `s` (fields and sections, recursively) as a path.
 void entry_paths(const Section& s, const std::vector<std::string>& prefix,
                  std::vector<std::vector<std::string>>& out) {
@@ -120,13 +104,13 @@ Section edited(const Section& s, const std::vector<std::string>& path, size_t de
   Section out;
   if (depth + 1 == path.size()) {
     for (const auto& f : s.fields())
-      if (f.name != path[depth]) copy_field(out, f);
+      if (f.name != path[depth]) out.put_field(f);
     for (const auto& c : s.sections())
       if (c.name() != path[depth]) out.put_section(c.name(), c);
     op(out, path[depth]);
     return out;
   }
-  for (const auto& f : s.fields()) copy_field(out, f);
+  for (const auto& f : s.fields()) out.put_field(f);
   for (const auto& c : s.sections())
     out.put_section(c.name(), c.name() == path[depth] ? edited(c, path, depth + 1, op) : c);
   return out;

@@ -75,6 +75,34 @@ TEST(StateTree, RoundTripsEveryKind) {
   EXPECT_EQ(*encode_tree(*back), *bytes);
 }
 
+TEST(StateTree, PutFieldCopiesAsTheTypedPutWould) {
+  Section src;
+  src.put_u8("u8", 0xff);
+  src.put_u16("u16", 0xffff);
+  src.put_u32("u32", 0xffffffff);
+  src.put_u64("u64", ~uint64_t{0});
+  src.put_i64("i64", INT64_MIN);
+  src.put_bool("b", true);
+  src.put_bytes("blob", std::vector<uint8_t>{0, 1, 0xff});
+  src.put_string("str", std::string("a\0b", 3));
+  Section copy;
+  for (const auto& f : src.fields()) copy.put_field(f);
+  EXPECT_EQ(copy, src);
+  // An out-of-range scalar (a mutated field) is stored as the typed put
+  // stores it: cut to the kind's width, a bool as 0/1.
+  Field wide{"n", Kind::kU8, 0x1234, {}};
+  Field truthy{"t", Kind::kBool, 7, {}};
+  Section out;
+  out.put_field(wide);
+  out.put_field(truthy);
+  EXPECT_EQ(out.fields()[0].scalar, 0x34u);
+  EXPECT_EQ(out.fields()[1].scalar, 1u);
+  // Replaces an entry of the same name, as every put does.
+  out.put_field(Field{"n", Kind::kU16, 5, {}});
+  EXPECT_EQ(*out.get_u16("n"), 5);
+  EXPECT_EQ(out.fields().size(), 2u);
+}
+
 TEST(StateTree, EmptyTree) {
   auto bytes = encode_tree(Section());
   ASSERT_TRUE(bytes.ok());
