@@ -39,16 +39,17 @@ def free_port():
     return port
 
 
-def passes(g):
-    """The last complete "dirty pass N" line: a migration can pause the guest
-    in the middle of printing one, and the rest of it then appears on the
-    destination's console."""
-    m = re.findall(rb"dirty pass (\d+)\n", g.out)
-    return int(m[-1]) if m else 0
-
-
 def pass_numbers(out):
+    """The N of every complete "dirty pass N" line: a migration can pause the
+    guest in the middle of printing one, and the rest of it then appears on
+    the destination's console."""
     return [int(n) for n in re.findall(rb"dirty pass (\d+)\n", out)]
+
+
+def passes(g):
+    """The last complete pass line's N (0 before the first)."""
+    m = pass_numbers(g.out)
+    return m[-1] if m else 0
 
 
 def wait_passes(g, more, timeout=30):

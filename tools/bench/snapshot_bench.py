@@ -494,9 +494,10 @@ def ours_breakdown(c, t_answer):
     return b
 
 
-def ours_restore(a, size, snapdir, copy):
-    r = {"vmm": "ours_copy" if copy else "ours", "size": size, "load": loadavg()}
-    c = Child(r["vmm"], ours_restore_cmd(a, snapdir, copy))
+def measure_restore(a, c, r):
+    """Pings the restored VM `c` until it answers, records restore_ms and the
+    process's memory, faults and CPU into r, and ends it (r["exit"]).
+    Returns the time of the answer."""
     try:
         t_ans, k, n, t_sent = c.ping_until_answer(a.ping_interval_ms / 1000.0, a.timeout)
         r["restore_ms"] = ms(c.t0, t_ans)
@@ -507,6 +508,13 @@ def ours_restore(a, size, snapdir, copy):
         r["cpu_ms"], r["runq_wait_ms"] = sched(c.p.pid)
     finally:
         r["exit"] = c.finish()
+    return t_ans
+
+
+def ours_restore(a, size, snapdir, copy):
+    r = {"vmm": "ours_copy" if copy else "ours", "size": size, "load": loadavg()}
+    c = Child(r["vmm"], ours_restore_cmd(a, snapdir, copy))
+    t_ans = measure_restore(a, c, r)
     r["breakdown"] = ours_breakdown(c, t_ans)
     r["log"] = [l for l in bytes(c.err).decode(errors="replace").splitlines()
                 if "restored" in l or "vCPU" in l][:5]
@@ -622,16 +630,7 @@ def qemu_restore(a, size, path):
         if fd >= 0:
             os.close(fd)
     r["command"] = cmd
-    try:
-        t_ans, k, n, t_sent = c.ping_until_answer(a.ping_interval_ms / 1000.0, a.timeout)
-        r["restore_ms"] = ms(c.t0, t_ans)
-        r["answered_ping"], r["pings_sent"] = k, n
-        r["ping_rtt_ms"] = ms(t_sent, t_ans)
-        r["status_kib"] = read_status(c.p.pid)
-        r["minflt"], r["majflt"] = faults(c.p.pid)
-        r["cpu_ms"], r["runq_wait_ms"] = sched(c.p.pid)
-    finally:
-        r["exit"] = c.finish()
+    measure_restore(a, c, r)
     return r
 
 
