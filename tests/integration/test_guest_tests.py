@@ -233,6 +233,7 @@ def bad_inputs(a):
             (["--kernel", a.guest, "--cpus", "0"], "zero cpus"),
             (["--kernel", a.guest, "--serial", "tcp:1"], "bad serial"),
             (["--kernel", a.guest, "--cpu-template", "nonesuch"], "bad cpu template"),
+            (["--kernel", a.guest, "--thp", "maybe"], "bad --thp value"),
             (["--bogus-flag"], "unknown flag"),
             (["--kernel", a.guest, "--disk", f"path={os.path.join(d, 'missing')}"], "missing disk"),
             (["--kernel", a.guest, "--disk", d], "disk is a directory"),
