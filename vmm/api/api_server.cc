@@ -53,7 +53,7 @@ Result<std::unique_ptr<ApiServer>> ApiServer::start(const std::string& path, Han
     for (auto& [cfd, c] : s->clients_) fds.push_back(cfd);
     for (int cfd : fds) {
       auto it = s->clients_.find(cfd);
-      if (it != s->clients_.end()) s->flush(*it->second);
+      if (it != s->clients_.end()) (void)s->flush(*it->second);
     }
   }));
   s->thread_ = std::thread([s] {
@@ -102,7 +102,8 @@ void ApiServer::on_client(int fd, uint32_t events) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
     Client& c = *it->second;
-    if (events & EPOLLOUT) flush(c);
+    // flush() may close the client (and free `c`): nothing touches either after that.
+    if ((events & EPOLLOUT) && !flush(c)) return;
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     char buf[4096];
     ssize_t n = ::read(fd, buf, sizeof(buf));
@@ -150,7 +151,7 @@ void ApiServer::on_client(int fd, uint32_t events) {
     std::lock_guard lock(mu_);
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
-    queue_output(*it->second, out.dump() + "\n");
+    if (!queue_output(*it->second, out.dump() + "\n")) return;
   }
 }
 
@@ -169,28 +170,29 @@ void ApiServer::emit(const std::string& event, nlohmann::json fields) {
   signal_eventfd(wake_.get());
 }
 
-void ApiServer::queue_output(Client& c, const std::string& text) {
+bool ApiServer::queue_output(Client& c, const std::string& text) {
   if (c.out.size() + text.size() > kMaxPendingOutput) {
     spdlog::warn("api socket: client is not reading; disconnecting it");
     close_client(c.fd.get());
-    return;
+    return false;
   }
   c.out += text;
-  flush(c);
+  return flush(c);
 }
 
-void ApiServer::flush(Client& c) {
+bool ApiServer::flush(Client& c) {
   while (!c.out.empty()) {
     ssize_t n = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
       close_client(c.fd.get());
-      return;
+      return false;
     }
     c.out.erase(0, static_cast<size_t>(n));
   }
   (void)loop_->modify(c.fd.get(), c.out.empty() ? uint32_t{EPOLLIN} : uint32_t{EPOLLIN | EPOLLOUT});
+  return true;
 }
 
 void ApiServer::close_client(int fd) {

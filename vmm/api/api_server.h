@@ -56,9 +56,11 @@ class ApiServer {
   void on_accept();
   void on_client(int fd, uint32_t events);
   void handle_line(Client& c, const std::string& line);
-  void queue_output(Client& c, const std::string& text);  // mu_ held
-  void flush(Client& c);                                  // mu_ held
-  void close_client(int fd);                              // mu_ held
+  // These return false when they closed the client: `c` is freed then and
+  // its fd number may already belong to someone else (mu_ held).
+  [[nodiscard]] bool queue_output(Client& c, const std::string& text);
+  [[nodiscard]] bool flush(Client& c);
+  void close_client(int fd);
 
   std::string path_;
   UniqueFd listener_;
