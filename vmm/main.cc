@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
   bool restore_copy = false;
   auto* restore_opt = app.add_option(
       "--restore", restore_dir,
-      "Resume the VM saved in this snapshot directory (snapshot-create) instead of booting");
+      "Resume the VM saved in this snapshot directory (snapshot-create) instead of booting; "
+      "give its disks and TAPs again with --disk/--net (the snapshot names none)");
   app.add_flag("--restore-copy", restore_copy,
                "With --restore: copy the memory file instead of mapping it copy-on-write");
   kernel_opt->excludes(restore_opt);
@@ -68,14 +69,14 @@ int main(int argc, char** argv) {
   app.add_option("--incoming-timeout", incoming.accept_timeout_s,
                  "With --incoming: give up (exit 1) if no source connects within N seconds "
                  "(default 0 = wait forever)");
-  app.add_option("-i,--initrd", cfg.initrd, "Initial ramdisk (cpio, optionally compressed)");
+  auto* initrd_opt = app.add_option("-i,--initrd", cfg.initrd, "Initial ramdisk (cpio, optionally compressed)");
   auto* cmdline_opt = app.add_option(
       "-c,--cmdline", cfg.cmdline,
       std::string("Kernel command line (default: \"") + vmm::kDefaultCmdline + "\")");
-  app.add_option("-m,--mem", mem, "Guest RAM, e.g. 512M or 2G (default 512M)");
-  app.add_option("--cpus", cfg.cpus, "Number of vCPUs (default 1)");
+  auto* mem_opt = app.add_option("-m,--mem", mem, "Guest RAM, e.g. 512M or 2G (default 512M)");
+  auto* cpus_opt = app.add_option("--cpus", cfg.cpus, "Number of vCPUs (default 1)");
   app.add_option("--serial", serial, "Serial console: stdio | file:PATH | none (default stdio)");
-  app.add_option("--cpu-template", cfg.cpu_template,
+  auto* template_opt = app.add_option("--cpu-template", cfg.cpu_template,
                  "CPUID template: host (KVM's supported set) | minimal (no SSE4/AVX/XSAVE...)");
   app.add_option("--cpuid-mitigation", mitigation,
                  "auto | on | off: append 'noxsave clearcpuid=...' to the command line when "
@@ -83,7 +84,7 @@ int main(int argc, char** argv) {
   app.add_option("--boot-protocol", cfg.boot_protocol,
                  "auto | linux64 | pvh: how to enter an ELF kernel (default auto = linux64)");
   std::string acpi = "on";
-  app.add_option("--acpi", acpi,
+  auto* acpi_opt = app.add_option("--acpi", acpi,
                  "on | off: ACPI tables (MADT, hardware-reduced FADT with power-off and "
                  "reset registers) besides the MP table (default on)")
       ->check(CLI::IsMember({"on", "off"}));
@@ -104,7 +105,7 @@ int main(int argc, char** argv) {
                  "device; repeatable)");
   app.add_option("--net", nets,
                  "virtio-net over a TAP: tap=NAME[,mac=52:54:00:12:34:56] (repeatable)");
-  app.add_flag("--rng", cfg.rng, "virtio-rng fed from the host's /dev/urandom");
+  auto* rng_opt = app.add_flag("--rng", cfg.rng, "virtio-rng fed from the host's /dev/urandom");
   app.add_option("--api-socket", cfg.api_socket,
                  "Control socket (Unix, line-delimited JSON; see docs/api.md and vmmctl)");
   app.add_option("--log-level", cfg.log_level,
@@ -159,11 +160,17 @@ int main(int argc, char** argv) {
   }
 
   if (!restore_dir.empty()) {
-    if (!disks.empty() || !nets.empty() || cfg.rng || cmdline_opt->count() > 0 ||
-        !cfg.initrd.empty()) {
-      spdlog::error("--restore takes the VM's configuration from the snapshot: do not give "
-                    "--initrd, --cmdline, --disk, --net or --rng with it");
-      return vmm::kExitUsage;
+    // The snapshot fixes the guest's machine; the command line gives the
+    // host resources behind it (--disk, --net) and nothing that would
+    // change the machine.
+    for (const auto* o : {mem_opt, cpus_opt, rng_opt, acpi_opt, template_opt, initrd_opt,
+                          cmdline_opt}) {
+      if (o->count() > 0) {
+        spdlog::error("--restore takes {} from the snapshot: do not give it (give only the "
+                      "host resources: --disk path=..., --net tap=...)",
+                      o->get_name());
+        return vmm::kExitUsage;
+      }
     }
     auto vm = vmm::Vm::restore(cfg, restore_dir, restore_copy);
     if (!vm.ok()) {
@@ -179,6 +186,10 @@ int main(int argc, char** argv) {
     }
     if (auto u = vmm::migration::parse_uri(incoming.uri); !u.ok()) {
       spdlog::error("--incoming: {}", u.error().to_string());
+      return vmm::kExitUsage;
+    }
+    if (auto v = vmm::validate_config(cfg); !v.ok()) {
+      spdlog::error("{}", v.error().to_string());
       return vmm::kExitUsage;
     }
     auto vm = vmm::migrate_incoming(cfg, incoming);

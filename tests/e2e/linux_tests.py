@@ -530,7 +530,8 @@ def snapshot_shell(a):
         time.sleep(SNAPSHOT_GAP)
 
         t_restore = time.monotonic()
-        g2 = Guest(a.vmm, None, ["--restore", snap, "--api-socket", sock2])
+        # The disk again from the command line: a snapshot names no host resource.
+        g2 = Guest(a.vmm, None, ["--restore", snap, "--disk", f"path={img}", "--api-socket", sock2])
         g2.send("echo again=$((7*8))")
         g2.expect("again=56", timeout=600)
         t_answer = time.monotonic() - t_restore

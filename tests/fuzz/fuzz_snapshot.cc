@@ -7,6 +7,9 @@
 //      CRC-32C), so mutations reach the header and tree decoders instead of
 //      stopping at the checksum;
 //   3. decode_tree(input): the tree decoder alone.
+// A decoded header's config also goes through parse_machine_spec, the
+// strict reader restore and incoming use before they allocate or open
+// anything (vmm/core/machine_spec.h).
 //
 // Invariants (abort() on violation): every refusal has a non-empty message; a
 // decoded tree re-encodes, and decoding that gives an equal tree whose
@@ -20,6 +23,8 @@
 #include <vector>
 
 #include "tests/fuzz/fuzz_check.h"
+#include "vmm/core/config.h"
+#include "vmm/core/machine_spec.h"
 #include "vmm/snapshot/byte_io.h"
 #include "vmm/snapshot/crc32c.h"
 #include "vmm/snapshot/state_file.h"
@@ -69,6 +74,26 @@ void check_tree(const Section& tree) {
   FUZZ_CHECK(!text.empty());
 }
 
+// What restore does with a header before anything is opened: parse the
+// machine spec strictly; if accepted, the configuration it gives a VM passes
+// the same validation as a boot, and the spec round-trips.
+void check_machine_spec(const StateHeader& h) {
+  auto spec = vmm::parse_machine_spec(h.config);
+  if (!spec) {
+    FUZZ_CHECK(!spec.error().message.empty());
+    return;
+  }
+  vmm::VmConfig cfg;
+  cfg.cpu_template = "host";
+  vmm::take_machine_shape(*spec, cfg);
+  for (const auto& d : spec->disks) cfg.disks.push_back({"/dev/null", d.readonly, d.id});
+  for (const auto& n : spec->nets) cfg.nets.push_back({"tap0", n.mac});
+  FUZZ_CHECK(vmm::validate_config(cfg).ok());
+  auto again = vmm::parse_machine_spec(vmm::encode_machine_spec(*spec));
+  FUZZ_CHECK(again.ok() && *again == *spec);
+  FUZZ_CHECK(vmm::compare_machine_specs(*spec, *spec, "fuzz").ok());
+}
+
 void check_state(std::span<const uint8_t> data) {
   auto f = decode_state(data, "fuzz");
   if (!f) {
@@ -87,6 +112,7 @@ void check_state(std::span<const uint8_t> data) {
   FUZZ_CHECK(!text.empty());
   // Compatibility with itself, always.
   FUZZ_CHECK(check_compatible(f->header, f->header).ok());
+  check_machine_spec(f->header);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@ import argparse
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,6 +185,8 @@ def api_snapshot_create(a):
             check(want <= set(j["state"]), f"sections {sorted(j['state'])}", g)
             check(j["header"]["config"]["vcpus"] == "2", f"header {j['header']}", g)
             check(j["state"]["virtio0"]["activated"] is True, "virtio0 activated", g)
+            again = c.call("snapshot-create", dir=snap)
+            check(again["ok"] is False and "not empty" in again["error"], f"same dir: {again}", g)
             bad = c.call("snapshot-create", dir="/proc/nonexistent/snap")
             check(bad["ok"] is False and "cannot create" in bad["error"], f"bad dir: {bad}", g)
             check(c.call("snapshot-create")["ok"] is False, "no dir", g)
@@ -261,8 +264,19 @@ def snapshot_restore_disk(a):
         finally:
             g.kill()
         time.sleep(1.0)
+        # The snapshot names no host resource: restore gets the disk again from
+        # its command line, and refuses one that does not give the saved machine.
+        for args, why in (((), "the snapshot has 1 disk(s), the command line gives 0 --disk"),
+                          (("--disk", f"path={disk},readonly=on"),
+                           "disk0 readonly: off in the snapshot, on here"),
+                          (("--disk", disk, "--mem", "128M"), "--restore takes --mem"),
+                          (("--disk", disk, "--rng"), "--restore takes --rng")):
+            p = subprocess.run([a.vmm, "--restore", snap, "--serial", "none", *args],
+                               capture_output=True, text=True, timeout=30)
+            check(p.returncode == 2 and why in p.stderr, f"restore {args}: {p.returncode} "
+                  f"{p.stderr}")
         t_restore = time.monotonic()
-        g2 = Guest(a.vmm, None, ("--restore", snap))
+        g2 = Guest(a.vmm, None, ("--restore", snap, "--disk", disk))
         try:
             # Guest time continues from the snapshot: the time between
             # snapshot and restore (> 1 s here) is not in it.
@@ -292,15 +306,15 @@ def snapshot_restore_disk(a):
         data = bytearray(open(state, "rb").read())
         data[len(data) // 2] ^= 0x40
         open(state, "wb").write(bytes(data))
-        p = subprocess.run([a.vmm, "--restore", snap, "--serial", "none"], capture_output=True,
-                           text=True, timeout=30)
+        p = subprocess.run([a.vmm, "--restore", snap, "--serial", "none", "--disk", disk],
+                           capture_output=True, text=True, timeout=30)
         check(p.returncode == 2 and "checksum" in p.stderr.lower(), f"corrupt: {p.returncode} "
               f"{p.stderr}")
         data[len(data) // 2] ^= 0x40
         open(state, "wb").write(bytes(data))
         os.truncate(os.path.join(snap, "memory"), 4096)
-        p = subprocess.run([a.vmm, "--restore", snap, "--serial", "none"], capture_output=True,
-                           text=True, timeout=30)
+        p = subprocess.run([a.vmm, "--restore", snap, "--serial", "none", "--disk", disk],
+                           capture_output=True, text=True, timeout=30)
         check(p.returncode == 2 and "memory file" in p.stderr, f"short memory: {p.returncode} "
               f"{p.stderr}")
         p = subprocess.run([a.vmm, "--restore", snap, "--kernel", a.guest], capture_output=True,
@@ -332,7 +346,7 @@ def snapshot_mid_io(a):
                   "the benchmark finished before the snapshot: not a mid-I/O snapshot", g)
         finally:
             g.kill()
-        g2 = Guest(a.vmm, None, ("--restore", snap))
+        g2 = Guest(a.vmm, None, ("--restore", snap, "--disk", disk))
         try:
             line = g2.expect("BLKBENCH", timeout=120)
             check(f"BLKBENCH ok reqs={sectors // req}" in line, f"restored bench: {line}", g2)
@@ -389,6 +403,214 @@ def vmmctl_cli(a):
 
 
 @test
+def snapshot_create_refuses_links(a):
+    """snapshot-create writes only into a new or empty directory, never through
+    a link: a directory holding a planted symlink named `memory`, and a
+    directory path that is itself a symlink, are refused, and the link's
+    target stays untouched; an empty directory works."""
+    with tempfile.TemporaryDirectory() as d:
+        sock, victim = os.path.join(d, "vm.sock"), os.path.join(d, "victim")
+        with open(victim, "w") as f:
+            f.write("precious")
+        planted = os.path.join(d, "planted")
+        os.mkdir(planted)
+        os.symlink(victim, os.path.join(planted, "memory"))
+        real = os.path.join(d, "real")
+        os.mkdir(real)
+        os.symlink(real, os.path.join(d, "dirlink"))
+        empty = os.path.join(d, "empty")
+        os.mkdir(empty)
+        g = Guest(a.vmm, a.guest, ("--api-socket", sock, "--mem", "64M"))
+        try:
+            g.expect("TESTGUEST READY")
+            c = Client(sock)
+            r = c.call("snapshot-create", dir=planted)
+            check(r["ok"] is False and "not empty" in r["error"], f"planted link: {r}", g)
+            r = c.call("snapshot-create", dir=os.path.join(d, "dirlink"))
+            check(r["ok"] is False and "not a directory" in r["error"], f"dir link: {r}", g)
+            check(os.listdir(real) == [], f"wrote through the directory link: {os.listdir(real)}")
+            r = c.call("snapshot-create", dir=empty)
+            check(r["ok"] is True, f"empty directory: {r}", g)
+            check(sorted(os.listdir(empty)) == ["memory", "state"], f"files {os.listdir(empty)}")
+            check(c.call("status")["state"] == "running", "running after the refusals", g)
+            check(c.call("shutdown")["ok"], "shutdown", g)
+            check(g.wait() == 0, "exit code", g)
+        finally:
+            g.kill()
+        with open(victim) as f:
+            check(f.read() == "precious", "the symlink's target was written")
+        check(os.path.islink(os.path.join(planted, "memory")), "the planted link was replaced")
+
+
+# ---------------------------------------------- restore: hostile headers ----
+DISK_BYTES = 1 << 20
+DISK_ID = "disk-a"
+
+
+def snapshot_with_disk(a, d):
+    """A snapshot of the test guest with one disk (id=DISK_ID) at its prompt;
+    returns (snapshot dir, disk path)."""
+    sock, snap, disk = (os.path.join(d, n) for n in ("vm.sock", "snap", "disk-a.raw"))
+    with open(disk, "wb") as f:
+        f.write(b"A" * DISK_BYTES)
+    g = Guest(a.vmm, a.guest, ("--api-socket", sock, "--mem", "128M", "--disk",
+                               f"path={disk},id={DISK_ID}"))
+    try:
+        g.expect("TESTGUEST READY")
+        check(Client(sock).call("snapshot-create", dir=snap)["ok"], "snapshot-create", g)
+    finally:
+        g.kill()
+    return snap, disk
+
+
+def edited_copy(a, snap, dest, *ops):
+    """A copy of snapshot `snap` at `dest` whose header had `ops` applied
+    (snapshot-edit: set KEY VALUE | del KEY | template NAME; CRC recomputed)."""
+    os.mkdir(dest)
+    shutil.copy(os.path.join(snap, "state"), os.path.join(dest, "state"))
+    os.link(os.path.join(snap, "memory"), os.path.join(dest, "memory"))
+    p = subprocess.run([a.edit, os.path.join(dest, "state"), *ops], capture_output=True, text=True)
+    check(p.returncode == 0, f"snapshot-edit {ops}: {p.stderr}")
+    return dest
+
+
+def opened_paths(pid):
+    """Every path the process has open or mapped (fds and /proc/PID/maps)."""
+    paths = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            paths.add(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:
+            pass
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6:
+                paths.add(parts[5].strip())
+    return paths
+
+
+def restore_outcome(a, snap, disk, workdir):
+    """Runs `vmm --restore snap --disk disk`. Returns ("refused", rc, stderr)
+    if it exits within 10 s, else ("running", opened paths, stderr) once its
+    control socket answers (then shuts it down)."""
+    sock = os.path.join(workdir, "r.sock")
+    p = subprocess.Popen([a.vmm, "--restore", snap, "--disk", disk, "--serial", "none",
+                          "--api-socket", sock], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                return "refused", p.returncode, p.stderr.read()
+            if os.path.exists(sock):
+                try:
+                    c = Client(sock, timeout=5)
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                paths = opened_paths(p.pid)
+                c.call("shutdown")
+                p.wait(timeout=20)
+                return "running", paths, p.stderr.read()
+            time.sleep(0.02)
+        raise AssertionError(f"restore neither ran nor exited in 10 s: {snap}")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@test
+def restore_hostile_header(a):
+    """The attack found in review: a snapshot whose header names another host
+    file of the same size (CRC recomputed, serial matching) is refused with
+    exit 2 and that file is never opened; a header adding a TAP creates no
+    interface; vcpus=0 and an oversized mem_bytes (with a sparse memory file
+    of that size) are refused by the header check, before any allocation."""
+    with tempfile.TemporaryDirectory() as d:
+        snap, disk = snapshot_with_disk(a, d)
+        other = os.path.join(d, "other-host-file")
+        with open(other, "wb") as f:
+            f.write(b"SECRET" * (DISK_BYTES // 6) + b"S" * (DISK_BYTES % 6))
+        attack = edited_copy(a, snap, os.path.join(d, "attack"), "set", "disk0",
+                             f"path={other},readonly=off,id={DISK_ID}")
+        kind, rc, err = restore_outcome(a, attack, disk, d)
+        check(kind == "refused" and rc == 2 and "snapshot header: disk0" in err,
+              f"old-style path in the header: {kind} {rc} {err}")
+        # The same header, and a restore that did run, never hold `other`.
+        ok_snap = edited_copy(a, snap, os.path.join(d, "plain"), "set", "vmm_note", "x",
+                              "del", "vmm_note")
+        kind, paths, err = restore_outcome(a, ok_snap, disk, d)
+        check(kind == "running", f"an unmodified snapshot did not restore: {err}")
+        check(disk in paths and other not in paths, f"open files {sorted(paths)}")
+        tap = edited_copy(a, snap, os.path.join(d, "tap"), "set", "net0", "mac=52:54:00:00:00:01")
+        kind, rc, err = restore_outcome(a, tap, disk, d)
+        check(kind == "refused" and rc == 2 and "gives 0 --net" in err, f"tap: {kind} {rc} {err}")
+        check(not os.path.exists("/sys/class/net/evil0"), "an interface appeared")
+        for key, value, why in (("vcpus", "0", "vcpus=0 is out of range"),
+                                ("mem_bytes", str(2 << 40), "exceeds the maximum")):
+            bad = edited_copy(a, snap, os.path.join(d, f"bad-{key}"), "set", key, value)
+            os.unlink(os.path.join(bad, "memory"))
+            with open(os.path.join(bad, "memory"), "wb") as f:
+                f.truncate(int(value) if key == "mem_bytes" else 128 << 20)
+            kind, rc, err = restore_outcome(a, bad, disk, d)
+            check(kind == "refused" and rc == 2 and "snapshot header" in err and why in err,
+                  f"{key}={value}: {kind} {rc} {err}")
+
+
+@test
+def restore_header_mutations(a):
+    """Every config field of a real snapshot's header rewritten to hostile
+    values (CRC recomputed, so only the meaning is wrong): each restore either
+    exits 2 with a reason or runs holding exactly the command line's disk;
+    the other host file and the named TAP are never opened or created."""
+    with tempfile.TemporaryDirectory() as d:
+        snap, disk = snapshot_with_disk(a, d)
+        other = os.path.join(d, "other-host-file")
+        with open(other, "wb") as f:
+            f.write(b"B" * DISK_BYTES)
+        sectors = DISK_BYTES // 512
+        mutations = [
+            ("set", "disk0", f"path={other},readonly=off,id={DISK_ID}"),
+            ("set", "disk0", f"sectors={sectors},readonly=off,id={DISK_ID},path={other}"),
+            ("set", "disk0", f"sectors={sectors},readonly=off,id={other}"),
+            ("set", "disk0", f"sectors={sectors * 2},readonly=off,id={DISK_ID}"),
+            ("set", "disk0", f"sectors={sectors},readonly=on,id={DISK_ID}"),
+            ("set", "disk0", f"sectors={sectors},readonly=off,id=other-id"),
+            ("set", "disk0", f"sectors=-1,readonly=off,id={DISK_ID}"),
+            ("set", "disk1", f"sectors={sectors},readonly=off,id=x"),
+            ("set", "disk1", f"path={other}"),
+            ("set", "net0", "tap=evil0"),
+            ("set", "net0", "mac=52:54:00:00:00:01"),
+            ("del", "disk0"),
+            ("set", "vcpus", "0"), ("set", "vcpus", "255"), ("set", "vcpus", "-1"),
+            ("set", "vcpus", "2"), ("set", "vcpus", "1x"), ("set", "vcpus", "99999999999999999999"),
+            ("set", "mem_bytes", "0"), ("set", "mem_bytes", "128M"),
+            ("set", "mem_bytes", str(256 << 20)), ("set", "mem_bytes", str(1 << 41)),
+            ("set", "mem_bytes", str((128 << 20) + 1)), ("del", "mem_bytes"),
+            ("set", "acpi", "off"), ("set", "acpi", "maybe"),
+            ("set", "rng", "on"), ("set", "rng", "off"), ("set", "rng", "1"),
+            ("set", "path", other), ("set", "tap", "evil0"),
+            ("template", "minimal"), ("template", "../../etc/passwd"), ("template", ""),
+        ]
+        tally = {"refused": 0, "running": 0}
+        for i, op in enumerate(mutations):
+            copy = edited_copy(a, snap, os.path.join(d, f"m{i}"), *op)
+            kind, detail, err = restore_outcome(a, copy, disk, d)
+            tally[kind] += 1
+            if kind == "refused":
+                check(detail == 2 and "--restore" in err, f"{op}: exit {detail}: {err}")
+            else:
+                check(disk in detail and other not in detail, f"{op}: open files {sorted(detail)}")
+            shutil.rmtree(copy)
+        check(not os.path.exists("/sys/class/net/evil0"), "a TAP named by a header appeared")
+        print(f"{len(mutations)} mutations: {tally['refused']} refused (exit 2), "
+              f"{tally['running']} ran with the command line's disk only")
+
+
+@test
 def api_socket_errors(a):
     """An --api-socket path that is a regular file is refused; the VMM exits 1
     with a reason (before running the guest)."""
@@ -407,6 +629,7 @@ def main():
     ap.add_argument("--vmmctl", required=True)
     ap.add_argument("--guest", required=True)
     ap.add_argument("--inspect", default="snapshot-inspect")
+    ap.add_argument("--edit", default="snapshot-edit")
     ap.add_argument("name", choices=sorted(TESTS))
     a = ap.parse_args()
     require_kvm()

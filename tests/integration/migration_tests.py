@@ -188,7 +188,7 @@ def migrate_refused_config(a):
             check(r["ok"], f"migrate reply {r}", src)
             done, _ = wait_migration(c)
             check(done["event"] == "migration-failed", f"expected failure: {done}", src)
-            check("refused" in done["error"] and "mem_bytes" in done["error"],
+            check("refused" in done["error"] and "memory bytes" in done["error"],
                   f"reason: {done['error']}", src)
             rc = dst.wait(timeout=20)
             check(rc == 1, f"destination exit {rc}", dst)

@@ -2,9 +2,39 @@
 
 #include <cctype>
 
+#include "boot/x86_64/cpuid.h"
+#include "boot/x86_64/e820.h"
+#include "boot/x86_64/layout.h"
 #include "vmm/base/checked_math.h"
 
 namespace vmm {
+
+Result<void> validate_config(const VmConfig& cfg) {
+  if (auto r = boot::validate_mem_size(cfg.mem_bytes); !r.ok())
+    return make_error("--mem: {}", r.error().to_string());
+  if (cfg.cpus < 1 || cfg.cpus > kMaxVcpus)
+    return make_error("--cpus {} is out of range 1..{}", cfg.cpus, kMaxVcpus);
+  if (cfg.time_dilation < 1 || cfg.time_dilation > 1000)
+    return make_error("--time-dilation {} is out of range 1..1000", cfg.time_dilation);
+  if (cfg.boot_protocol != "auto" && cfg.boot_protocol != "linux64" && cfg.boot_protocol != "pvh")
+    return make_error("--boot-protocol '{}': expected auto, linux64 or pvh", cfg.boot_protocol);
+  if (cfg.cpu_template != boot::kCpuTemplateHost && cfg.cpu_template != boot::kCpuTemplateMinimal)
+    return make_error("CPU template '{}': expected {} or {}", cfg.cpu_template,
+                      boot::kCpuTemplateHost, boot::kCpuTemplateMinimal);
+  size_t ndev = cfg.disks.size() + cfg.nets.size() + (cfg.rng ? 1 : 0);
+  if (ndev > layout::kMaxVirtioDevices)
+    return make_error("{} virtio devices requested; at most {} are supported", ndev,
+                      layout::kMaxVirtioDevices);
+  for (const auto& d : cfg.disks) {
+    if (d.path.empty()) return make_error("--disk without a path");
+    if (d.id.size() > virtio::kBlkIdBytes)
+      return make_error("--disk {}: id is longer than {} bytes", d.path, virtio::kBlkIdBytes);
+  }
+  for (const auto& n : cfg.nets)
+    if (n.tap.empty() || n.tap.size() > 15)
+      return make_error("--net tap='{}': a TAP name is 1-15 characters", n.tap);
+  return ok();
+}
 
 Result<uint64_t> parse_size(const std::string& text) {
   if (text.empty()) return make_error("empty size");

@@ -42,6 +42,14 @@ struct VmConfig {
   std::string api_socket;  // empty: no control socket
 };
 
+inline constexpr int kMaxVcpus = 254;  // what the MP table/ACPI and CPUID topology allow
+
+// Everything about a configuration that does not need a file opened: memory
+// size and alignment, vCPU range, time dilation, CPU template, boot protocol,
+// device count and per-device options. Boot, restore and incoming all call
+// it before anything is allocated or opened (an error is exit code 2).
+Result<void> validate_config(const VmConfig& cfg);
+
 // "512M", "2G", "1048576", "64K": bytes. Refuses garbage and overflow.
 Result<uint64_t> parse_size(const std::string& text);
 

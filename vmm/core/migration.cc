@@ -48,11 +48,11 @@ Result<void> expect_answer(const mig::Frame& f, mig::FrameType want, const char*
   return ok();
 }
 
-mig::Hello local_hello(const VmConfig& cfg) {
+mig::Hello local_hello(const VmConfig& cfg, const MachineSpec& spec) {
   mig::Hello h;
   h.vmm_version = "vmm 0.1";
   h.cpu_template = cfg.cpu_template;
-  h.config = config_fingerprint(cfg);
+  h.config = encode_machine_spec(spec);
   h.mem_bytes = cfg.mem_bytes;
   h.page_size = kPageSize;
   return h;
@@ -206,7 +206,7 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
 
   // ---- Hello: the destination checks that its VM matches this one.
   {
-    VMM_TRY(auto hello, mig::encode_hello(local_hello(vm_.config())));
+    VMM_TRY(auto hello, mig::encode_hello(local_hello(vm_.config(), vm_.machine_spec())));
     VMM_CHECK(w.write_frame(mig::FrameType::kHello, hello, kIoTimeoutMs));
     VMM_TRY(auto f, rd.read_frame(kIoTimeoutMs));
     VMM_CHECK(expect_answer(f, mig::FrameType::kHelloReply, "Hello"));
@@ -420,20 +420,30 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
   if (hf.type != mig::FrameType::kHello)
     return fail(make_error("expected Hello, got {}", mig::frame_type_name(hf.type)));
   VMM_TRY(auto hello, mig::decode_hello(hf.payload));
-  if (auto c = mig::check_hello(hello, local_hello(cfg)); !c.ok()) {
+  // The source describes its guest's machine; the disks and TAPs are this
+  // command line's, checked against that description.
+  VmConfig local = cfg;
+  auto devices = [&]() -> Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> {
+    auto saved = parse_machine_spec(hello.config);
+    if (!saved.ok()) return make_error("Hello config: {}", saved.error().to_string());
+    VMM_TRY(auto devs, Vm::open_devices_like(*saved, local, "source"));
+    VMM_CHECK(mig::check_hello(hello, local_hello(local, machine_spec_of(local, devs))));
+    return devs;
+  }();
+  if (!devices.ok()) {
     (void)w.write_frame(mig::FrameType::kHelloReply,
-                        mig::encode_hello_reply({false, c.error().to_string()}), 1000);
-    return make_error("refused the incoming migration: {}", c.error().to_string());
+                        mig::encode_hello_reply({false, devices.error().to_string()}), 1000);
+    return make_error("refused the incoming migration: {}", devices.error().to_string());
   }
   VMM_CHECK(w.write_frame(mig::FrameType::kHelloReply, mig::encode_hello_reply({true, ""}),
                           kIoTimeoutMs));
 
-  auto ranges = boot::guest_ram_ranges(cfg.mem_bytes);
-  VMM_TRY(auto fresh, GuestMemory::create_anonymous(ranges, cfg.thp));
+  auto ranges = boot::guest_ram_ranges(local.mem_bytes);
+  VMM_TRY(auto fresh, GuestMemory::create_anonymous(ranges, local.thp));
   // The VM is built now, while pages arrive (KVM VM, memory slots, devices,
   // vCPUs): only the state is left for the downtime. It does not run until
   // the state is applied.
-  auto prepared = Vm::prepare_restore(cfg, std::move(fresh));
+  auto prepared = Vm::prepare_restore(local, std::move(fresh), std::move(*devices));
   if (!prepared.ok()) return fail(prepared.error());
   std::unique_ptr<Vm> vm = std::move(*prepared);
   const GuestMemory& mem = vm->memory();

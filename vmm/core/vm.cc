@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "boot/x86_64/acpi.h"
 #include "boot/x86_64/boot_params.h"
@@ -30,6 +31,7 @@
 #include "vmm/core/cpuid_probe.h"
 #include "vmm/core/migration.h"
 #include "vmm/core/vm_state.h"
+#include "vmm/snapshot/snapshot_dir.h"
 #include "vmm/snapshot/state_file.h"
 #include "vmm/core/emulation_fallback.h"
 
@@ -148,68 +150,9 @@ struct Vm::BootEntry {
 Vm::Vm(const VmConfig& cfg, KvmSystem kvm, VmFd vm, GuestMemory mem)
     : cfg_(cfg), kvm_(std::move(kvm)), vm_(std::move(vm)), mem_(std::move(mem)) {}
 
-// The configuration a snapshot records, and restore rebuilds the VM from.
-std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c) {
-  std::vector<std::pair<std::string, std::string>> out = {
-      {"mem_bytes", std::to_string(c.mem_bytes)},
-      {"vcpus", std::to_string(c.cpus)},
-      {"acpi", c.acpi ? "on" : "off"},
-      {"rng", c.rng ? "on" : "off"}};
-  for (size_t i = 0; i < c.disks.size(); ++i) {
-    const auto& d = c.disks[i];
-    out.emplace_back(fmt::format("disk{}", i), fmt::format("path={},readonly={}{}", d.path,
-                                                           d.readonly ? "on" : "off",
-                                                           d.id.empty() ? "" : ",id=" + d.id));
-  }
-  for (size_t i = 0; i < c.nets.size(); ++i) {
-    const auto& n = c.nets[i];
-    out.emplace_back(fmt::format("net{}", i),
-                     fmt::format("tap={}{}", n.tap, n.mac ? ",mac=" + virtio::format_mac(*n.mac) : ""));
-  }
-  return out;
-}
-
-static Result<void> config_from_header(const snapshot::StateHeader& h, VmConfig& c) {
-  auto get = [&](const std::string& key) -> const std::string* {
-    for (const auto& [k, v] : h.config)
-      if (k == key) return &v;
-    return nullptr;
-  };
-  const std::string* mem = get("mem_bytes");
-  const std::string* cpus = get("vcpus");
-  if (!mem || !cpus) return make_error("snapshot header lacks mem_bytes/vcpus");
-  VMM_TRY(c.mem_bytes, parse_size(*mem));
-  try {
-    c.cpus = std::stoi(*cpus);
-  } catch (...) {
-    return make_error("snapshot header: vcpus '{}' is not a number", *cpus);
-  }
-  if (const auto* a = get("acpi")) c.acpi = *a == "on";
-  if (const auto* r = get("rng")) c.rng = *r == "on";
-  c.cpu_template = h.cpu_template;
-  c.disks.clear();
-  c.nets.clear();
-  for (size_t i = 0;; ++i) {
-    const auto* d = get(fmt::format("disk{}", i));
-    if (!d) break;
-    VMM_TRY(auto disk, parse_disk(*d));
-    c.disks.push_back(std::move(disk));
-  }
-  for (size_t i = 0;; ++i) {
-    const auto* n = get(fmt::format("net{}", i));
-    if (!n) break;
-    VMM_TRY(auto net, parse_net(*n));
-    c.nets.push_back(std::move(net));
-  }
-  return ok();
-}
-
 static Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> make_virtio_devices(const VmConfig& cfg) {
+  // Only what the command line names (validate_config has bounded it).
   std::vector<std::shared_ptr<virtio::WorkerDevice>> out;
-  size_t ndev = cfg.disks.size() + cfg.nets.size() + (cfg.rng ? 1 : 0);
-  if (ndev > layout::kMaxVirtioDevices)
-    return make_error("{} virtio devices requested; at most {} are supported", ndev,
-                      layout::kMaxVirtioDevices);
   for (const auto& d : cfg.disks) {
     VMM_TRY(auto dev, virtio::BlockDevice::create(d));
     out.push_back(std::move(dev));
@@ -242,12 +185,7 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
   // Everything that can be wrong with the user's input is checked before any
   // KVM object exists.
   if (cfg.kernel.empty()) return make_error("no kernel given (--kernel)");
-  VMM_CHECK(boot::validate_mem_size(cfg.mem_bytes));
-  if (cfg.cpus < 1 || cfg.cpus > 254) return make_error("--cpus {} is out of range 1..254", cfg.cpus);
-  if (cfg.time_dilation < 1 || cfg.time_dilation > 1000)
-    return make_error("--time-dilation {} is out of range 1..1000", cfg.time_dilation);
-  if (cfg.boot_protocol != "auto" && cfg.boot_protocol != "linux64" && cfg.boot_protocol != "pvh")
-    return make_error("--boot-protocol '{}': expected auto, linux64 or pvh", cfg.boot_protocol);
+  VMM_CHECK(validate_config(cfg));
   VMM_TRY(auto kernel, boot::read_file(cfg.kernel, kMaxKernelSize));
   std::vector<uint8_t> initrd;
   if (!cfg.initrd.empty()) {
@@ -315,11 +253,17 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
                                         bool copy_memory) {
   auto t0 = std::chrono::steady_clock::now();
   VMM_TRY(auto file, snapshot::read_state_file(dir + "/" + snapshot::kStateFileName));
+  // The snapshot only describes the guest's machine; every host resource
+  // (disk file, TAP) comes from the command line and is compared with it.
+  auto saved = parse_machine_spec(file.header.config);
+  if (!saved.ok()) return make_error("snapshot header: {}", saved.error().to_string());
   VmConfig cfg = user_cfg;
-  VMM_CHECK(config_from_header(file.header, cfg));
+  cfg.cpu_template = file.header.cpu_template;
+  take_machine_shape(*saved, cfg);
+  VMM_TRY(auto devices, open_devices_like(*saved, cfg, "snapshot"));
   VMM_TRY(auto mem, map_memory_file(dir + "/" + snapshot::kMemoryFileName, cfg.mem_bytes,
                                     copy_memory, cfg.thp));
-  VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem)));
+  VMM_TRY(auto vm, prepare_restore(cfg, std::move(mem), std::move(devices)));
   VMM_CHECK(vm->apply_state(file));
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("restored from {} in {:.2f} ms ({} MiB {}, {} vCPU(s), {} virtio device(s))", dir, ms,
@@ -327,11 +271,12 @@ Result<std::unique_ptr<Vm>> Vm::restore(const VmConfig& user_cfg, const std::str
   return vm;
 }
 
-Result<std::unique_ptr<Vm>> Vm::prepare_restore(const VmConfig& cfg, GuestMemory mem) {
+Result<std::unique_ptr<Vm>> Vm::prepare_restore(
+    const VmConfig& cfg, GuestMemory mem,
+    std::vector<std::shared_ptr<virtio::WorkerDevice>> devices) {
   if (mem.total_size() != cfg.mem_bytes)
     return make_error("guest memory is {} bytes; the saved VM has {}", mem.total_size(),
                       cfg.mem_bytes);
-  VMM_TRY(auto devices, make_virtio_devices(cfg));
   VMM_TRY(auto vm, build(cfg, std::move(mem), std::move(devices)));
   for (int i = 0; i < cfg.cpus; ++i) {
     VMM_TRY(auto fd, vm->vm_.create_vcpu(i));
@@ -342,13 +287,38 @@ Result<std::unique_ptr<Vm>> Vm::prepare_restore(const VmConfig& cfg, GuestMemory
   return vm;
 }
 
+Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> Vm::open_devices_like(
+    const MachineSpec& saved, VmConfig& cfg, const char* saved_by) {
+  VMM_CHECK(adopt_machine_spec(saved, cfg, saved_by));
+  VMM_CHECK(validate_config(cfg));
+  VMM_TRY(auto devices, make_virtio_devices(cfg));
+  VMM_CHECK(compare_machine_specs(saved, machine_spec_of(cfg, devices), saved_by));
+  return devices;
+}
+
+MachineSpec Vm::machine_spec() const {
+  std::vector<std::shared_ptr<virtio::WorkerDevice>> devices;
+  for (const auto& slot : virtio_) devices.push_back(slot.device);
+  return machine_spec_of(cfg_, devices);
+}
+
 Result<void> Vm::apply_state(const snapshot::StateFile& file) {
   // The saved VM must be this one: what prepare_restore built from cfg_.
   snapshot::StateHeader mine;
   mine.cpu_template = cfg_.cpu_template;
-  mine.config = config_fingerprint(cfg_);
+  mine.config = encode_machine_spec(machine_spec());
   VMM_CHECK(snapshot::check_compatible(file.header, mine));
   const snapshot::Section& tree = file.tree;
+  // Every section must belong to a part of this VM: state for a device this
+  // VM does not have means the header and the state disagree.
+  std::set<std::string> expected = {"vm", "serial0", "i8042", "boot_probe"};
+  if (acpi_pm_) expected.insert("acpi_pm");
+  for (const auto& v : vcpus_) expected.insert(fmt::format("vcpu{}", v->index));
+  for (size_t i = 0; i < virtio_.size(); ++i) expected.insert(fmt::format("virtio{}", i));
+  for (const auto& sec : tree.sections())
+    if (!expected.contains(sec.name()))
+      return make_error("state has a section '{}' for no part of this VM",
+                        snapshot::printable(sec.name()));
   for (auto& v : vcpus_) {
     VMM_TRY(const auto* sec, tree.section(fmt::format("vcpu{}", v->index)));
     VMM_TRY(auto saved_cpuid, sec->get_pod_array<kvm_cpuid_entry2>("cpuid", 4096));
@@ -817,7 +787,7 @@ snapshot::StateHeader Vm::state_header() const {
   header.vmm_version = "vmm 0.1";
   header.cpu_template = cfg_.cpu_template;
   header.created_unix = static_cast<uint64_t>(::time(nullptr));
-  header.config = config_fingerprint(cfg_);
+  header.config = encode_machine_spec(machine_spec());
   return header;
 }
 
@@ -916,13 +886,14 @@ void Vm::check_tsc_restored(const snapshot::Section& vcpu0) {
                  ahead_s);
 }
 
-Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
-  if (dir.empty()) return make_error("snapshot: no directory given");
-  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST)
-    return errno_error("snapshot: cannot create directory '{}'", dir);
+Result<nlohmann::json> Vm::snapshot_create(const std::string& dir_path) {
+  VMM_TRY(auto dir, snapshot::SnapshotDir::create(dir_path));
   bool was_running = state() == RunState::kRunning;
   auto t0 = std::chrono::steady_clock::now();
-  VMM_CHECK(pause());
+  if (auto p = pause(); !p.ok()) {
+    dir.remove_created();
+    return p.error();
+  }
   auto since = [&] {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
         .count();
@@ -932,11 +903,14 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
     VMM_TRY(auto tree, save_state_tree());
     snapshot::StateHeader header = state_header();
     double state_ms = since();
-    VMM_TRY(uint64_t mem_written,
-            write_memory_file(mem_, dir + "/" + snapshot::kMemoryFileName));
+    std::string mem_path = dir_path + "/" + snapshot::kMemoryFileName;
+    VMM_TRY(auto mem_fd, dir.create_file(snapshot::kMemoryFileName));
+    VMM_TRY(uint64_t mem_written, write_memory_file(mem_, mem_fd.get(), mem_path));
     double mem_ms = since();
-    VMM_CHECK(snapshot::write_state_file(dir + "/" + snapshot::kStateFileName, header, tree));
-    return nlohmann::json{{"dir", dir},
+    VMM_CHECK(snapshot::write_state_file_at(dir.fd(), snapshot::kStateFileName, header, tree,
+                                            dir_path + "/" + snapshot::kStateFileName));
+    dir.note_created(snapshot::kStateFileName);
+    return nlohmann::json{{"dir", dir_path},
                           {"memory_bytes", mem_.total_size()},
                           {"memory_data_bytes", mem_written},
                           {"pause_ms", paused_ms},
@@ -944,11 +918,12 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir) {
                           {"memory_ms", mem_ms - state_ms},
                           {"total_ms", since()}};
   }();
+  if (!result.ok()) dir.remove_created();  // no half snapshot left behind
   if (was_running) {
     auto r = resume();
     if (!r.ok()) spdlog::error("snapshot: resume failed: {}", r.error().to_string());
   }
-  if (result.ok()) spdlog::info("snapshot written to {} ({:.1f} ms)", dir, since());
+  if (result.ok()) spdlog::info("snapshot written to {} ({:.1f} ms)", dir_path, since());
   return result;
 }
 

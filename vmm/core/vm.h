@@ -24,6 +24,7 @@
 #include "devices/virtio/worker_device.h"
 #include "vmm/core/config.h"
 #include "vmm/core/console.h"
+#include "vmm/core/machine_spec.h"
 #include "vmm/core/symbols.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
@@ -69,8 +70,11 @@ class Vm {
   static Result<std::unique_ptr<Vm>> create(const VmConfig& cfg, VmInputs inputs);
   // Builds the VM from a snapshot directory (snapshot_create): its memory
   // file mapped MAP_PRIVATE (or copied), every vCPU, VM-wide and device
-  // state restored. The configuration (memory, vCPUs, devices, CPU template)
-  // comes from the snapshot; user_cfg provides the rest (serial, socket, logs).
+  // state restored. The guest's machine (memory, vCPUs, ACPI, rng, CPU
+  // template, disk sizes/serials/read-only flags, MACs) comes from the
+  // snapshot; every host resource (disk files, TAPs) from user_cfg's
+  // --disk/--net, checked against it (open_devices_like), with the rest
+  // (serial, socket, logs). Errors are exit code 2.
   static Result<std::unique_ptr<Vm>> restore(const VmConfig& user_cfg, const std::string& dir,
                                              bool copy_memory);
   ~Vm();
@@ -89,7 +93,8 @@ class Vm {
   Result<void> pause();
   Result<void> resume();
   // Writes DIR/state (vCPUs, VM-wide KVM state, devices; docs/snapshot-format.md)
-  // and DIR/memory (guest RAM, sparse). Pauses the VM for the duration if it
+  // and DIR/memory (guest RAM, sparse) into a new or empty directory DIR
+  // (snapshot::SnapshotDir: no planted link is followed). Pauses the VM for the duration if it
   // is running and resumes it afterwards. Returns a summary for the API.
   Result<nlohmann::json> snapshot_create(const std::string& dir);
   // ---- Shared by snapshot and migration (one serializer).
@@ -101,8 +106,18 @@ class Vm {
   // destination can build the VM (KVM VM, memory slots, devices, vCPUs with
   // their CPUID) while pages arrive and apply the state at the end; restore()
   // does both at once. cfg is the VM's own configuration (the saved one must
-  // match it: apply_state checks).
-  static Result<std::unique_ptr<Vm>> prepare_restore(const VmConfig& cfg, GuestMemory mem);
+  // match it: apply_state checks). `devices` come from open_devices_like.
+  static Result<std::unique_ptr<Vm>> prepare_restore(
+      const VmConfig& cfg, GuestMemory mem,
+      std::vector<std::shared_ptr<virtio::WorkerDevice>> devices);
+  // Restore and incoming: cfg takes the saved machine's shape, opens the
+  // command line's disks/TAPs (and nothing else), and refuses them unless
+  // they give the machine `saved` describes (adopt/compare_machine_specs).
+  static Result<std::vector<std::shared_ptr<virtio::WorkerDevice>>> open_devices_like(
+      const MachineSpec& saved, VmConfig& cfg, const char* saved_by);
+  // What the guest sees of this VM: the snapshot header's and migration
+  // Hello's configuration fingerprint.
+  MachineSpec machine_spec() const;
   Result<void> apply_state(const snapshot::StateFile& file);
 
   // ---- Dirty page tracking for live migration (vmm/core/migration.cc).
@@ -216,10 +231,6 @@ class Vm {
   uint64_t sample_count_ = 0;
   std::optional<SymbolMap> symbols_;
 };
-
-// The configuration fingerprint a snapshot header or migration hello
-// carries: restore/incoming refuse a VM that differs.
-std::vector<std::pair<std::string, std::string>> config_fingerprint(const VmConfig& c);
 
 // Time origin for "since process start" logs.
 std::chrono::steady_clock::time_point process_start_time();

@@ -221,10 +221,7 @@ Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes,
   return mem;
 }
 
-Result<uint64_t> write_memory_file(const GuestMemory& mem, const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return errno_error("cannot create memory file '{}'", path);
-  UniqueFd file(fd);
+Result<uint64_t> write_memory_file(const GuestMemory& mem, int fd, const std::string& path) {
   constexpr uint64_t kPage = 4096;
   static const uint8_t kZero[kPage] = {};
   uint64_t file_off = 0, written = 0;

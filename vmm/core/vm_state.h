@@ -42,9 +42,10 @@ Result<void> check_cpuid(std::span<const kvm_cpuid_entry2> saved,
 Result<GuestMemory> map_memory_file(const std::string& path, uint64_t mem_bytes, bool copy,
                                     bool huge_pages = false);
 
-// Writes every guest memory region back to back into `path` (created 0600,
-// fsynced), leaving 4 KiB pages that are all zero as holes (a sparse file).
+// Writes every guest memory region back to back into the new, empty file
+// open as `fd` (SnapshotDir::create_file; `path` names it in messages), and
+// fsyncs it, leaving 4 KiB pages that are all zero as holes (a sparse file).
 // Returns the number of bytes of data actually written.
-Result<uint64_t> write_memory_file(const GuestMemory& mem, const std::string& path);
+Result<uint64_t> write_memory_file(const GuestMemory& mem, int fd, const std::string& path);
 
 }  // namespace vmm

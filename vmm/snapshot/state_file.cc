@@ -1,6 +1,7 @@
 #include "vmm/snapshot/state_file.h"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -149,28 +150,44 @@ Result<StateFile> decode_state(std::span<const uint8_t> data, const std::string&
   return out;
 }
 
-Result<void> write_state_file(const std::string& path, const StateHeader& header,
-                              const Section& tree) {
+Result<void> write_state_file_at(int dirfd, const std::string& name, const StateHeader& header,
+                                 const Section& tree, const std::string& what) {
   VMM_TRY(auto bytes, encode_state(header, tree));
-  std::string tmpl = path + ".tmp.XXXXXX";
-  int raw = ::mkostemp(tmpl.data(), O_CLOEXEC);
-  if (raw < 0) return errno_error("cannot create a temporary file for {}", path);
-  UniqueFd fd(raw);
+  // A fresh temporary name: O_EXCL|O_NOFOLLOW never opens what is already
+  // there (a planted symlink or file).
+  UniqueFd fd;
+  std::string tmp;
+  for (int attempt = 0; attempt < 100 && !fd.valid(); ++attempt) {
+    uint64_t r = 0;
+    if (::getrandom(&r, sizeof(r), 0) != sizeof(r)) r = static_cast<uint64_t>(::getpid()) + attempt;
+    tmp = fmt::format("{}.tmp.{:016x}", name, r);
+    fd.reset(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                      0600));
+    if (!fd.valid() && errno != EEXIST)
+      return errno_error("cannot create a temporary file for {}", what);
+  }
+  if (!fd.valid()) return make_error("cannot create a temporary file for {}", what);
   auto cleanup_on_error = [&](Error e) {
-    ::unlink(tmpl.c_str());
+    ::unlinkat(dirfd, tmp.c_str(), 0);
     return e;
   };
-  auto w = write_all(fd.get(), bytes, tmpl);
+  auto w = write_all(fd.get(), bytes, what);
   if (!w) return cleanup_on_error(std::move(w).error());
-  if (::fsync(fd.get()) < 0) return cleanup_on_error(errno_error("fsync {}", tmpl));
-  if (::close(fd.release()) < 0) return cleanup_on_error(errno_error("close {}", tmpl));
-  if (::rename(tmpl.c_str(), path.c_str()) < 0)
-    return cleanup_on_error(errno_error("rename {} to {}", tmpl, path));
+  if (::fsync(fd.get()) < 0) return cleanup_on_error(errno_error("fsync {}", what));
+  if (::close(fd.release()) < 0) return cleanup_on_error(errno_error("close {}", what));
+  if (::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) < 0)
+    return cleanup_on_error(errno_error("rename the temporary file to {}", what));
+  if (::fsync(dirfd) < 0) return errno_error("fsync the directory of {}", what);
+  return ok();
+}
+
+Result<void> write_state_file(const std::string& path, const StateHeader& header,
+                              const Section& tree) {
   std::string dir = dirname_of(path);
+  std::string name = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
   UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dfd.valid()) return errno_error("open directory {}", dir);
-  if (::fsync(dfd.get()) < 0) return errno_error("fsync directory {}", dir);
-  return ok();
+  return write_state_file_at(dfd.get(), name, header, tree, path);
 }
 
 Result<StateFile> read_state_file(const std::string& path) {

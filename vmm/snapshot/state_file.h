@@ -67,11 +67,16 @@ Result<std::vector<uint8_t>> encode_state(const StateHeader& header, const Secti
 // Parses hostile bytes; `what` names the input in messages (a path).
 Result<StateFile> decode_state(std::span<const uint8_t> data, const std::string& what = "state");
 
-// Writes atomically: a temporary file (mode 0600) in the same directory,
-// fsync, rename over `path`, fsync of the directory. On failure `path` is
-// untouched and the temporary file removed.
+// Writes atomically: a temporary file (mode 0600, created with
+// O_EXCL|O_NOFOLLOW under a random name) in the same directory, fsync,
+// rename over `path`, fsync of the directory. On failure `path` is untouched
+// and the temporary file removed.
 Result<void> write_state_file(const std::string& path, const StateHeader& header,
                               const Section& tree);
+// The same, as `name` in the directory open as `dirfd` (a SnapshotDir);
+// `what` names the file in messages.
+Result<void> write_state_file_at(int dirfd, const std::string& name, const StateHeader& header,
+                                 const Section& tree, const std::string& what);
 // Refuses non-regular files and files over kMaxStateBytes before reading them.
 Result<StateFile> read_state_file(const std::string& path);
 

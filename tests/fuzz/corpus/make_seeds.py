@@ -266,8 +266,11 @@ def snapshot_seeds():
     t = "fuzz_snapshot"
     header = (tlv(STRING, "vmm_version", b"0.1.0") + tlv(STRING, "cpu_template", b"host")
               + tlv(U64, "created_unix", struct.pack("<Q", 1700000000))
-              + tlv(SECTION, "config", tlv(STRING, "memory", b"536870912")
-                    + tlv(STRING, "vcpus", b"2")))
+              + tlv(SECTION, "config", tlv(STRING, "mem_bytes", b"536870912")
+                    + tlv(STRING, "vcpus", b"2") + tlv(STRING, "acpi", b"on")
+                    + tlv(STRING, "rng", b"off")
+                    + tlv(STRING, "disk0", b"sectors=2048,readonly=off,id=root")
+                    + tlv(STRING, "net0", b"mac=52:54:00:12:34:56")))
     serial = tlv(SECTION, "serial0", tlv(U8, "dll", b"\x0c") + tlv(U8, "lcr", b"\x03")
                  + tlv(BOOL, "thr_ipending", b"\x01") + tlv(BYTES, "rx_fifo", b"hi\n"))
     queue = tlv(SECTION, "queue1", tlv(U16, "size", struct.pack("<H", 256))

@@ -65,3 +65,36 @@ TEST(ParseNet, Forms) {
 
 }  // namespace
 }  // namespace vmm
+
+namespace vmm {
+namespace {
+
+TEST(ValidateConfig, OneCheckForEveryEntryPath) {
+  VmConfig ok_cfg;
+  EXPECT_TRUE(validate_config(ok_cfg).ok());
+  auto refused = [](auto mutate) {
+    VmConfig c;
+    mutate(c);
+    return !validate_config(c).ok();
+  };
+  EXPECT_TRUE(refused([](VmConfig& c) { c.mem_bytes = 0; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.mem_bytes = (512ull << 20) + 1; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.mem_bytes = (1ull << 40) + 4096; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.cpus = 0; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.cpus = 255; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.time_dilation = 0; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.cpu_template = "evil"; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.boot_protocol = "bios"; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.disks.assign(9, {"/dev/null", false, ""}); }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.disks = {{"/x", false, std::string(21, 'a')}}; }));
+  EXPECT_TRUE(refused([](VmConfig& c) { c.nets = {{"a-very-long-tap-name", std::nullopt}}; }));
+  EXPECT_FALSE(refused([](VmConfig& c) {
+    c.cpus = 254;
+    c.cpu_template = "minimal";
+    c.disks.assign(7, {"/dev/null", true, ""});
+    c.rng = true;
+  }));
+}
+
+}  // namespace
+}  // namespace vmm
