@@ -143,12 +143,19 @@ def migrate_tcp_dirtying(a):
 @test
 def migrate_unix_vmmctl(a):
     """Same-host move over a Unix socket driven by `vmmctl migrate` (progress
-    lines, summary, exit 0); the moved guest answers a new command."""
+    lines, summary, exit 0); the moved guest answers a new command. The
+    destination's disk is its own command line's (a copy at another path,
+    no id=: the source's serial is taken over); it never opens the source's."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "mig.sock")
+        src_disk, dst_disk = os.path.join(d, "src.raw"), os.path.join(d, "dst.raw")
+        for disk in (src_disk, dst_disk):
+            with open(disk, "wb") as f:
+                f.truncate(1 << 20)
         dst = Guest(a.vmm, None, ("--incoming", f"unix:{path}", "--mem", MEM,
-                                  "--api-socket", os.path.join(d, "dst.sock")))
-        src, c = start_source(a, d)
+                                  "--api-socket", os.path.join(d, "dst.sock"),
+                                  "--disk", dst_disk))
+        src, c = start_source(a, d, ("--disk", src_disk))
         try:
             deadline = time.monotonic() + 10
             while not os.path.exists(path):
@@ -169,6 +176,9 @@ def migrate_unix_vmmctl(a):
             check(b"MISMATCH" not in dst.out, "destination guest saw a stale page", dst)
             st = Client(os.path.join(d, "dst.sock")).call("status")
             check(st["state"] == "running", f"destination status {st}", dst)
+            fds = {os.readlink(f"/proc/{dst.proc.pid}/fd/{n}")
+                   for n in os.listdir(f"/proc/{dst.proc.pid}/fd")}
+            check(dst_disk in fds and src_disk not in fds, f"destination's files {fds}", dst)
         finally:
             src.kill()
             dst.kill()
