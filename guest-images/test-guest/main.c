@@ -348,6 +348,30 @@ static void dirty_u(const char *arg) {
   }
 }
 
+/* `fill MIB`: one store to every page of [DIRTY_BASE, +MIB MiB), never a
+ * load first, then "FILL done". A page's first access is then a write, so
+ * the host backs it with fresh memory (a huge page under THP) instead of
+ * mapping its shared zero page for a read and copying it on the write after:
+ * what the THP test needs whatever the host's use_zero_page says. */
+static void fill_u(const char *arg) {
+  (void)arg;
+  volatile uint8_t *base = (volatile uint8_t *)(uintptr_t)DIRTY_BASE;
+  for (uint64_t p = 0; p < dirty_pages; p++) base[p * 4096] = 1;
+  con_puts("FILL done\n");
+  for (;;) cpu_pause();
+}
+
+static void cmd_fill(const char *arg) {
+  uint64_t mib;
+  if (!parse_dec(arg, 3000, &mib) || mib == 0) {
+    bad_argument();
+    return;
+  }
+  dirty_pages = mib * 256;
+  user_allow(DIRTY_BASE, DIRTY_BASE + (mib << 20));
+  user_run(fill_u, arg);
+}
+
 static void cmd_dirty(const char *arg) {
   uint64_t mib, every = 1;
   char *sp = (char *)arg;
@@ -435,7 +459,7 @@ static const struct {
     {"netecho", cmd_netecho}, {"vbad", cmd_vbad},       {"vreset", cmd_vreset},
     {"blkbench", cmd_blkbench}, {"netbench", cmd_netbench}, {"benchirq", cmd_benchirq},
     {"mmiobench", cmd_mmiobench}, {"tsc", cmd_tsc},
-    {"kvmclock", cmd_kvmclock}, {"dirty", cmd_dirty},
+    {"kvmclock", cmd_kvmclock}, {"dirty", cmd_dirty}, {"fill", cmd_fill},
 };
 
 #define LINE_MAX 128

@@ -1,5 +1,7 @@
 #include "vmm/core/cpuid_probe.h"
 
+#include <sys/stat.h>
+
 #include <array>
 
 #include "vmm/memory/guest_memory.h"
@@ -53,6 +55,27 @@ Result<CpuidProbeResult> probe_cpuid_virtualization(const KvmSystem& kvm) {
     return make_error("CPUID probe: unexpected exit reason {}", reason);
   }
   return make_error("CPUID probe guest did not halt");
+}
+
+KvmFlavor detect_kvm_flavor(const std::string& sys_module) {
+  auto loaded = [&](const char* name) {
+    struct stat st {};
+    return ::stat((sys_module + "/" + name).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  };
+  if (loaded("kvm_pvm")) return KvmFlavor::kPvm;
+  if (loaded("kvm_intel")) return KvmFlavor::kVmx;
+  if (loaded("kvm_amd")) return KvmFlavor::kSvm;
+  return KvmFlavor::kUnknown;
+}
+
+const char* kvm_flavor_name(KvmFlavor f) {
+  switch (f) {
+    case KvmFlavor::kVmx: return "kvm_intel";
+    case KvmFlavor::kSvm: return "kvm_amd";
+    case KvmFlavor::kPvm: return "kvm_pvm";
+    case KvmFlavor::kUnknown: break;
+  }
+  return "unknown";
 }
 
 }  // namespace vmm

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "vmm/base/result.h"
 #include "vmm/kvm/kvm.h"
@@ -18,5 +19,14 @@ struct CpuidProbeResult {
 };
 
 Result<CpuidProbeResult> probe_cpuid_virtualization(const KvmSystem& kvm);
+
+// Which KVM module serves this host, from SYS_MODULE (normally /sys/module):
+// kvm_intel or kvm_amd without kvm_pvm is hardware virtualization, which
+// always virtualizes CPUID, so the probe (a throwaway VM: ~1 ms on hardware,
+// ~190 ms on an emulated SVM host) is not needed there. kvm_pvm, or no
+// module we know, leaves the question to the probe.
+enum class KvmFlavor { kVmx, kSvm, kPvm, kUnknown };
+KvmFlavor detect_kvm_flavor(const std::string& sys_module = "/sys/module");
+const char* kvm_flavor_name(KvmFlavor f);
 
 }  // namespace vmm

@@ -34,6 +34,7 @@
 #include "vmm/snapshot/snapshot_dir.h"
 #include "vmm/snapshot/state_file.h"
 #include "vmm/core/emulation_fallback.h"
+#include "vmm/core/exit_report.h"
 
 namespace vmm {
 
@@ -446,7 +447,13 @@ Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint
   cmdline_ = cfg_.cmdline_given ? cfg_.cmdline : std::string(kDefaultCmdline);
   bool mitigate = cfg_.cpuid_mitigation == CpuidMitigation::kOn;
   uint32_t tsc_khz = 0;
-  if (cfg_.cpuid_mitigation != CpuidMitigation::kOff) {
+  KvmFlavor flavor = detect_kvm_flavor();
+  bool hardware = flavor == KvmFlavor::kVmx || flavor == KvmFlavor::kSvm;
+  if (cfg_.cpuid_mitigation == CpuidMitigation::kAuto && hardware) {
+    spdlog::info("host KVM is {} (hardware virtualization): CPUID is virtualized, no probe "
+                 "and no workaround",
+                 kvm_flavor_name(flavor));
+  } else if (cfg_.cpuid_mitigation != CpuidMitigation::kOff) {
     auto probe = probe_cpuid_virtualization(kvm_);
     if (!probe.ok()) {
       spdlog::warn("CPUID probe failed ({}); assuming CPUID is virtualized",
@@ -1136,9 +1143,9 @@ bool Vm::handle_exit(Vcpu& v) {
       return false;
     case KVM_EXIT_SHUTDOWN: {
       auto regs = v.fd.get_regs();
-      request_stop({kExitGuestCrash,
-                    fmt::format("vCPU {}: guest triple fault (shutdown) near rip {:#x}", v.index,
-                                regs.ok() ? regs->rip : 0)});
+      auto sregs = v.fd.get_sregs();
+      request_stop({kExitGuestCrash, triple_fault_reason(v.index, regs.ok() ? &*regs : nullptr,
+                                                         sregs.ok() ? &*sregs : nullptr)});
       return false;
     }
     case KVM_EXIT_SYSTEM_EVENT:
