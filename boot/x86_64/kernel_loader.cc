@@ -17,6 +17,7 @@ namespace vmm::boot {
 static_assert(sizeof(Elf64_Ehdr) == 64);
 static_assert(sizeof(Elf64_Phdr) == 56);
 static_assert(sizeof(Elf64_Nhdr) == 12);
+static_assert(sizeof(Elf32_Nhdr) == sizeof(Elf64_Nhdr));
 
 namespace {
 
@@ -135,7 +136,20 @@ struct LoadSeg {
   uint64_t offset, filesz, paddr, memsz, vaddr;
 };
 
+// Copies validated segments into guest memory (file part, then zeroed .bss).
+Result<void> copy_segments(const GuestMemory& mem, std::span<const uint8_t> image,
+                           const std::vector<LoadSeg>& segs) {
+  for (const auto& s : segs) {
+    auto w = mem.write(s.paddr, image.subspan(s.offset, s.filesz));
+    if (w.ok()) w = zero_guest(mem, s.paddr + s.filesz, s.memsz - s.filesz);
+    if (!w.ok())
+      return make_error("loading ELF segment at {:#x}: {}", s.paddr, w.error().to_string());
+  }
+  return ok();
+}
+
 // Parses the notes in [off, off+len) of the image; records a Xen PVH entry.
+// (Elf32_Nhdr and Elf64_Nhdr are the same three u32.)
 Result<void> scan_notes(std::span<const uint8_t> image, uint64_t off, uint64_t len,
                         std::optional<uint64_t>& pvh_entry) {
   auto notes = image.subspan(off, len);
@@ -173,53 +187,93 @@ Result<void> scan_notes(std::span<const uint8_t> image, uint64_t off, uint64_t l
   return ok();
 }
 
-Result<KernelInfo> load_elf(const GuestMemory& mem, std::span<const uint8_t> image) {
-  auto eh = read_at<Elf64_Ehdr>(image, 0);
-  if (!eh) return make_error("ELF file is truncated ({} bytes, header needs 64)", image.size());
-  if (eh->e_ident[EI_CLASS] != ELFCLASS64) return make_error("ELF kernel is not 64-bit");
+// The fields of an ELF header and program header the loader uses, from
+// either class (ELFCLASS64, or ELFCLASS32 for a PVH-only kernel).
+struct ElfHeader {
+  bool is64;
+  uint64_t entry, phoff;
+  uint16_t phentsize, phnum;
+};
+struct ElfPhdr {
+  uint32_t type;
+  uint64_t offset, vaddr, paddr, filesz, memsz;
+};
+
+template <typename Ehdr, typename Phdr>
+Result<ElfHeader> check_elf_header(std::span<const uint8_t> image, bool is64, uint16_t machine) {
+  auto eh = read_at<Ehdr>(image, 0);
+  if (!eh)
+    return make_error("ELF file is truncated ({} bytes, header needs {})", image.size(),
+                      sizeof(Ehdr));
   if (eh->e_ident[EI_DATA] != ELFDATA2LSB) return make_error("ELF kernel is not little-endian");
-  if (eh->e_machine != EM_X86_64)
-    return make_error("ELF kernel is for machine {}, not x86-64", eh->e_machine);
+  if (eh->e_machine != machine)
+    return make_error("{}-bit ELF kernel is for machine {}, not {}", is64 ? 64 : 32,
+                      eh->e_machine, is64 ? "x86-64" : "i386");
   if (eh->e_type != ET_EXEC)
     return make_error("ELF kernel has type {}, expected ET_EXEC", eh->e_type);
-  if (eh->e_phentsize != sizeof(Elf64_Phdr))
-    return make_error("ELF e_phentsize {} is not {}", eh->e_phentsize, sizeof(Elf64_Phdr));
-  if (eh->e_phnum == 0 || eh->e_phnum > kElfMaxPhnum)
-    return make_error("ELF has {} program headers (expected 1..{})", eh->e_phnum, kElfMaxPhnum);
-  uint64_t ph_bytes = uint64_t{eh->e_phnum} * sizeof(Elf64_Phdr);
-  auto ph_end = checked_add(eh->e_phoff, ph_bytes);
+  if (eh->e_phentsize != sizeof(Phdr))
+    return make_error("ELF e_phentsize {} is not {}", eh->e_phentsize, sizeof(Phdr));
+  return ElfHeader{is64, eh->e_entry, eh->e_phoff, eh->e_phentsize, eh->e_phnum};
+}
+
+Result<ElfHeader> read_elf_header(std::span<const uint8_t> image) {
+  if (image.size() <= EI_CLASS) return make_error("ELF file is truncated");
+  switch (image[EI_CLASS]) {
+    case ELFCLASS64: return check_elf_header<Elf64_Ehdr, Elf64_Phdr>(image, true, EM_X86_64);
+    case ELFCLASS32: return check_elf_header<Elf32_Ehdr, Elf32_Phdr>(image, false, EM_386);
+    default: return make_error("ELF class {} is neither 32- nor 64-bit", image[EI_CLASS]);
+  }
+}
+
+// Program header i (bounds already checked by the caller).
+ElfPhdr read_phdr(std::span<const uint8_t> image, const ElfHeader& h, unsigned i) {
+  uint64_t at = h.phoff + uint64_t{i} * h.phentsize;
+  if (h.is64) {
+    Elf64_Phdr p = *read_at<Elf64_Phdr>(image, at);
+    return {p.p_type, p.p_offset, p.p_vaddr, p.p_paddr, p.p_filesz, p.p_memsz};
+  }
+  Elf32_Phdr p = *read_at<Elf32_Phdr>(image, at);
+  return {p.p_type, p.p_offset, p.p_vaddr, p.p_paddr, p.p_filesz, p.p_memsz};
+}
+
+Result<KernelInfo> load_elf(const GuestMemory& mem, std::span<const uint8_t> image) {
+  VMM_TRY(ElfHeader eh, read_elf_header(image));
+  if (eh.phnum == 0 || eh.phnum > kElfMaxPhnum)
+    return make_error("ELF has {} program headers (expected 1..{})", eh.phnum, kElfMaxPhnum);
+  uint64_t ph_bytes = uint64_t{eh.phnum} * eh.phentsize;
+  auto ph_end = checked_add(eh.phoff, ph_bytes);
   if (!ph_end || *ph_end > image.size())
     return make_error("ELF program headers [{:#x}, +{:#x}) run past the end of the {}-byte file",
-                      eh->e_phoff, ph_bytes, image.size());
+                      eh.phoff, ph_bytes, image.size());
 
   std::vector<LoadSeg> segs;
   std::optional<uint64_t> pvh_entry;
-  for (unsigned i = 0; i < eh->e_phnum; ++i) {
-    Elf64_Phdr ph = *read_at<Elf64_Phdr>(image, eh->e_phoff + i * sizeof(Elf64_Phdr));
-    if (ph.p_type != PT_LOAD && ph.p_type != PT_NOTE) continue;
-    auto file_end = checked_add(ph.p_offset, ph.p_filesz);
+  for (unsigned i = 0; i < eh.phnum; ++i) {
+    ElfPhdr ph = read_phdr(image, eh, i);
+    if (ph.type != PT_LOAD && ph.type != PT_NOTE) continue;
+    auto file_end = checked_add(ph.offset, ph.filesz);
     if (!file_end || *file_end > image.size())
       return make_error("ELF segment {}: file range [{:#x}, +{:#x}) is outside the {}-byte file",
-                        i, ph.p_offset, ph.p_filesz, image.size());
-    if (ph.p_type == PT_NOTE) {
-      VMM_CHECK(scan_notes(image, ph.p_offset, ph.p_filesz, pvh_entry));
+                        i, ph.offset, ph.filesz, image.size());
+    if (ph.type == PT_NOTE) {
+      VMM_CHECK(scan_notes(image, ph.offset, ph.filesz, pvh_entry));
       continue;
     }
-    if (ph.p_filesz > ph.p_memsz)
-      return make_error("ELF segment {}: p_filesz {:#x} exceeds p_memsz {:#x}", i, ph.p_filesz,
-                        ph.p_memsz);
-    auto mem_end = checked_add(ph.p_paddr, ph.p_memsz);
+    if (ph.filesz > ph.memsz)
+      return make_error("ELF segment {}: p_filesz {:#x} exceeds p_memsz {:#x}", i, ph.filesz,
+                        ph.memsz);
+    auto mem_end = checked_add(ph.paddr, ph.memsz);
     if (!mem_end)
-      return make_error("ELF segment {}: p_paddr {:#x} + p_memsz {:#x} overflows", i, ph.p_paddr,
-                        ph.p_memsz);
-    if (ph.p_memsz == 0) continue;
-    if (ph.p_paddr < layout::kHimemStart)
+      return make_error("ELF segment {}: p_paddr {:#x} + p_memsz {:#x} overflows", i, ph.paddr,
+                        ph.memsz);
+    if (ph.memsz == 0) continue;
+    if (ph.paddr < layout::kHimemStart)
       return make_error("ELF segment {} at {:#x} overlaps the boot area below 1 MiB", i,
-                        ph.p_paddr);
-    if (!mem.contains(ph.p_paddr, ph.p_memsz))
-      return make_error("ELF segment {}: [{:#x}, {:#x}) is outside guest memory", i, ph.p_paddr,
+                        ph.paddr);
+    if (!mem.contains(ph.paddr, ph.memsz))
+      return make_error("ELF segment {}: [{:#x}, {:#x}) is outside guest memory", i, ph.paddr,
                         *mem_end);
-    segs.push_back(LoadSeg{ph.p_offset, ph.p_filesz, ph.p_paddr, ph.p_memsz, ph.p_vaddr});
+    segs.push_back(LoadSeg{ph.offset, ph.filesz, ph.paddr, ph.memsz, ph.vaddr});
   }
   if (segs.empty()) return make_error("ELF kernel has no loadable segments");
 
@@ -232,8 +286,25 @@ Result<KernelInfo> load_elf(const GuestMemory& mem, std::span<const uint8_t> ima
     info.load_end = std::max(info.load_end, s.paddr + s.memsz);
   }
 
+  if (!eh.is64) {
+    // A 32-bit kernel can only be entered through PVH (32-bit by definition);
+    // its e_entry is some other 32-bit protocol's.
+    if (!pvh_entry)
+      return make_error("32-bit ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
+                        "only its PVH entry could be used");
+    if (*pvh_entry < info.load_start || *pvh_entry >= info.load_end)
+      return make_error("ELF PVH entry {:#x} is outside the loaded kernel [{:#x}, {:#x})",
+                        *pvh_entry, info.load_start, info.load_end);
+    info.has_entry64 = false;
+    info.entry = *pvh_entry;
+    info.has_pvh = true;
+    info.pvh_entry = *pvh_entry;
+    VMM_CHECK(copy_segments(mem, image, segs));
+    return info;
+  }
+
   // Entry point: physical, or a kernel-virtual address to translate.
-  uint64_t entry = eh->e_entry;
+  uint64_t entry = eh.entry;
   if (entry >= kKernelVirtualBase) {
     const LoadSeg* hit = nullptr;
     for (const auto& s : segs)
@@ -254,13 +325,7 @@ Result<KernelInfo> load_elf(const GuestMemory& mem, std::span<const uint8_t> ima
     info.pvh_entry = *pvh_entry;
   }
 
-  // Everything is validated; now copy.
-  for (const auto& s : segs) {
-    auto w = mem.write(s.paddr, image.subspan(s.offset, s.filesz));
-    if (w.ok()) w = zero_guest(mem, s.paddr + s.filesz, s.memsz - s.filesz);
-    if (!w.ok()) return make_error("loading ELF segment at {:#x}: {}", s.paddr,
-                                   w.error().to_string());
-  }
+  VMM_CHECK(copy_segments(mem, image, segs));
   return info;
 }
 

@@ -26,7 +26,9 @@ inline constexpr uint64_t kDefaultCmdlineMaxLen = 2047;
 
 struct KernelInfo {
   enum class Kind { BzImage, Elf } kind;
-  uint64_t entry;      // guest-physical 64-bit entry point (rsi = boot_params)
+  uint64_t entry;      // guest-physical 64-bit entry point (rsi = boot_params), or the
+                       // PVH entry for a kernel without one (has_entry64 false)
+  bool has_entry64 = true;  // false for a 32-bit ELF: PVH is its only way in
   bool has_pvh;        // ELF carries a XEN_ELFNOTE_PHYS32_ENTRY note
   uint64_t pvh_entry;  // 32-bit PVH entry (valid if has_pvh)
   uint64_t load_start, load_end;  // guest-physical [start, end) the kernel occupies
@@ -34,8 +36,8 @@ struct KernelInfo {
 };
 
 // Detects the format by magic and loads the kernel. Errors for anything that is
-// neither "\x7fELF" (64-bit, x86-64, ET_EXEC) nor a bzImage (0xAA55 at 0x1fe and
-// "HdrS" at 0x202).
+// neither "\x7fELF" (ET_EXEC: 64-bit x86-64, or 32-bit i386 with a PVH note,
+// as QEMU accepts) nor a bzImage (0xAA55 at 0x1fe and "HdrS" at 0x202).
 Result<KernelInfo> load_kernel(const GuestMemory& mem, std::span<const uint8_t> image);
 
 // Longest command line (without the NUL) the kernel accepts: the setup header's

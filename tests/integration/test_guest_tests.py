@@ -105,6 +105,31 @@ def guest_ram_thp(a):
 
 
 @test
+def pvh_entry_elf32(a):
+    """A 32-bit ELF (the test guest through `objcopy -O elf32-i386`, PVH note
+    kept) boots through its PVH entry with the default --boot-protocol, as in
+    QEMU; asking for the 64-bit entry it lacks is a usage error."""
+    with tempfile.TemporaryDirectory() as d:
+        elf32 = os.path.join(d, "guest32.elf")
+        subprocess.run(["objcopy", "-O", "elf32-i386", a.guest, elf32], check=True)
+        with open(elf32, "rb") as f:
+            check(f.read(5)[4] == 1, "objcopy did not make an ELFCLASS32 file")
+        g = Guest(a.vmm, elf32, ("--mem", "96M"))
+        try:
+            g.expect("TESTGUEST READY")
+            line = g.command("entry", "entry ")
+            check(line == "entry pvh magic 336ec578", f"entry was {line!r}", g)
+            g.send("exit 0")
+            check(g.wait() == 0, "exit 0 expected", g)
+        finally:
+            g.kill()
+        p = subprocess.run([a.vmm, "--kernel", elf32, "--boot-protocol", "linux64",
+                            "--serial", "none"], capture_output=True, text=True, timeout=30)
+        check(p.returncode == 2 and "has only a PVH entry" in p.stderr,
+              f"linux64 on a 32-bit ELF: {p.returncode} {p.stderr}")
+
+
+@test
 def pvh_entry(a):
     """The same guest entered through its Xen PVH note (32-bit entry, own page
     tables, hvm_start_info instead of the zero page)."""

@@ -199,6 +199,12 @@ Result<VmInputs> Vm::prepare(const VmConfig& cfg) {
           GuestMemory::create_anonymous(boot::guest_ram_ranges(cfg.mem_bytes), cfg.thp));
   auto info = boot::load_kernel(mem, kernel);
   if (!info.ok()) return make_error("kernel '{}': {}", cfg.kernel, info.error().to_string());
+  if (cfg.boot_protocol == "pvh" && !info->has_pvh)
+    return make_error("--boot-protocol pvh: kernel '{}' has no PVH entry note", cfg.kernel);
+  if (cfg.boot_protocol == "linux64" && !info->has_entry64)
+    return make_error("--boot-protocol linux64: kernel '{}' is a 32-bit ELF and has only a PVH "
+                      "entry",
+                      cfg.kernel);
   VmInputs in{std::move(mem), std::move(info).value(), std::move(initrd), std::nullopt, {}};
   if (!cfg.system_map.empty()) {
     VMM_TRY(auto m, SymbolMap::load(cfg.system_map));
@@ -437,11 +443,9 @@ Result<void> Vm::setup_virtio(std::vector<std::shared_ptr<virtio::WorkerDevice>>
 
 Result<void> Vm::load_guest(const boot::KernelInfo& info, const std::vector<uint8_t>& initrd) {
 
-  bool pvh = false;
-  if (cfg_.boot_protocol == "pvh") {
-    if (!info.has_pvh) return make_error("--boot-protocol pvh: kernel has no PVH entry note");
-    pvh = true;
-  }
+  // prepare() checked that the kernel has the entry asked for; a 32-bit ELF
+  // has only its PVH entry.
+  bool pvh = cfg_.boot_protocol == "pvh" || !info.has_entry64;
 
   // Command line: the user's (or the default), then host workarounds.
   cmdline_ = cfg_.cmdline_given ? cfg_.cmdline : std::string(kDefaultCmdline);

@@ -350,10 +350,47 @@ TEST(Elf, RefusesBadNotes) {
   EXPECT_FALSE(load_kernel(mem, e.build()).ok());
 }
 
+// A 32-bit ELF with a PVH note (QEMU microvm boots these): PVH is its entry.
+TEST(Elf, Loads32BitKernelThroughItsPvhNote) {
+  auto mem = make_guest(k64M);
+  auto r = load_kernel(mem, make_elf32());
+  ASSERT_TRUE(r.ok()) << error_of(r);
+  EXPECT_FALSE(r->has_entry64);
+  EXPECT_TRUE(r->has_pvh);
+  EXPECT_EQ(r->pvh_entry, kElfPvhEntry);
+  EXPECT_EQ(r->entry, kElfPvhEntry);
+  EXPECT_EQ(r->load_start, kElfSeg1Paddr);
+  EXPECT_EQ(r->load_end, kElfSeg2Paddr + kElfSeg2MemSize);
+  std::vector<uint8_t> seg2(kElfSeg2MemSize);
+  ASSERT_TRUE(mem.read(kElfSeg2Paddr, seg2).ok());
+  EXPECT_EQ(seg2[0], 0xb2);
+  EXPECT_EQ(seg2[kElfSeg2MemSize - 1], 0);
+  EXPECT_TRUE(make_elf().build().size() > 0 && load_kernel(mem, make_elf().build())->has_entry64);
+}
+
+TEST(Elf, Refuses32BitKernelWithoutPvhNoteOrForX86_64) {
+  auto mem = make_guest(k64M);
+  auto r = load_kernel(mem, make_elf32(/*with_note=*/false));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("no PVH entry note"), std::string::npos) << r.error().message;
+  auto img = make_elf32();
+  img[offsetof(Elf32_Ehdr, e_machine)] = EM_X86_64;  // ELFCLASS32 + x86-64 (x32): not a kernel
+  EXPECT_FALSE(load_kernel(mem, img).ok());
+  img = make_elf32();
+  img[offsetof(Elf32_Ehdr, e_phentsize)] = sizeof(Elf64_Phdr);
+  EXPECT_FALSE(load_kernel(mem, img).ok());
+  img = make_elf32();
+  img.resize(40);  // truncated 52-byte header
+  EXPECT_FALSE(load_kernel(mem, img).ok());
+}
+
 TEST(Elf, RefusesWrongClassMachineType) {
   auto mem = make_guest(k64M);
   auto e = make_elf();
-  e.ehdr.e_ident[EI_CLASS] = ELFCLASS32;
+  e.ehdr.e_ident[EI_CLASS] = ELFCLASS32;  // 64-bit headers read as 32-bit: garbage
+  EXPECT_FALSE(load_kernel(mem, e.build()).ok());
+  e = make_elf();
+  e.ehdr.e_ident[EI_CLASS] = 7;
   EXPECT_FALSE(load_kernel(mem, e.build()).ok());
   e = make_elf();
   e.ehdr.e_machine = EM_AARCH64;

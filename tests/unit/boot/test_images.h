@@ -154,4 +154,36 @@ inline ElfImage make_elf(bool virtual_entry = false) {
   return e;
 }
 
+// The same kernel as a 32-bit (ELFCLASS32, i386) ELF with physical
+// addresses only, as `objcopy -O elf32-i386` makes of a PVH kernel; with_note
+// false drops the PT_NOTE (no PVH entry).
+inline std::vector<uint8_t> make_elf32(bool with_note = true) {
+  ElfImage e = make_elf();
+  std::vector<uint8_t> out = e.bytes;
+  Elf32_Ehdr h{};
+  std::memcpy(h.e_ident, e.ehdr.e_ident, EI_NIDENT);
+  h.e_ident[EI_CLASS] = ELFCLASS32;
+  h.e_type = ET_EXEC;
+  h.e_machine = EM_386;
+  h.e_version = EV_CURRENT;
+  h.e_entry = static_cast<uint32_t>(kElfSeg1Paddr);  // some 32-bit entry, not PVH's
+  h.e_phoff = sizeof(Elf32_Ehdr);
+  h.e_ehsize = sizeof(Elf32_Ehdr);
+  h.e_phentsize = sizeof(Elf32_Phdr);
+  h.e_phnum = with_note ? 3 : 2;
+  put(out, 0, h);
+  for (size_t i = 0; i < h.e_phnum; ++i) {
+    const Elf64_Phdr& p = e.phdrs[i];
+    Elf32_Phdr q{};
+    q.p_type = p.p_type;
+    q.p_offset = static_cast<uint32_t>(p.p_offset);
+    q.p_vaddr = static_cast<uint32_t>(p.p_paddr);
+    q.p_paddr = static_cast<uint32_t>(p.p_paddr);
+    q.p_filesz = static_cast<uint32_t>(p.p_filesz);
+    q.p_memsz = static_cast<uint32_t>(p.p_memsz);
+    put(out, h.e_phoff + i * sizeof(Elf32_Phdr), q);
+  }
+  return out;
+}
+
 }  // namespace vmm::boot::testing
