@@ -2,8 +2,11 @@
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
+#include "vmm/api/api_server.h"
 #include "vmm/base/log.h"
 #include "vmm/core/config.h"
 #include "vmm/core/migration.h"
@@ -40,6 +43,37 @@ int run_to_end(std::unique_ptr<vmm::Vm> vm) {
   if (st.code == 0) spdlog::info("{}", st.reason);
   else spdlog::error("{} (exit code {})", st.reason, st.code);
   return st.code;
+}
+
+// --incoming: the control socket serves from the start (status with the
+// migration's progress, migrate-cancel), then passes to the VM it built.
+int run_incoming(const vmm::VmConfig& cfg, const vmm::IncomingOptions& opts) {
+  std::unique_ptr<vmm::ApiServer> api;
+  vmm::IncomingMigration incoming([&api](const std::string& event, nlohmann::json fields) {
+    if (api) api->emit(event, std::move(fields));
+  });
+  if (!cfg.api_socket.empty()) {
+    auto started = vmm::ApiServer::start(
+        cfg.api_socket,
+        [&incoming](const std::string& cmd, const nlohmann::json& req) {
+          return incoming.handle_api(cmd, req);
+        });
+    if (!started.ok()) {
+      spdlog::error("{}", started.error().to_string());
+      return vmm::kExitVmmError;
+    }
+    api = std::move(*started);
+    spdlog::info("control socket at {}", cfg.api_socket);
+  }
+  auto vm = incoming.run(cfg, opts);
+  if (!vm.ok()) {
+    spdlog::error("{}", vm.error().to_string());
+    if (api) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let clients read
+    api.reset();  // its handler refers to `incoming`
+    return vmm::kExitVmmError;
+  }
+  (*vm)->adopt_api(std::move(api));
+  return run_to_end(std::move(*vm));
 }
 
 }  // namespace
@@ -192,12 +226,7 @@ int main(int argc, char** argv) {
       spdlog::error("{}", v.error().to_string());
       return vmm::kExitUsage;
     }
-    auto vm = vmm::migrate_incoming(cfg, incoming);
-    if (!vm.ok()) {
-      spdlog::error("{}", vm.error().to_string());
-      return vmm::kExitVmmError;
-    }
-    return run_to_end(std::move(*vm));
+    return run_incoming(cfg, incoming);
   }
   if (cfg.kernel.empty()) {
     spdlog::error("--kernel is required (or --restore DIR, or --incoming URI)");

@@ -156,6 +156,9 @@ def migrate_unix_vmmctl(a):
                                   "--api-socket", os.path.join(d, "dst.sock"),
                                   "--disk", dst_disk))
         src, c = start_source(a, d, ("--disk", src_disk))
+        # One control socket on the destination from the start to the end.
+        dc = Client(os.path.join(d, "dst.sock"))
+        check(dc.call("status")["state"] == "incoming", "destination status before", dst)
         try:
             deadline = time.monotonic() + 10
             while not os.path.exists(path):
@@ -174,8 +177,10 @@ def migrate_unix_vmmctl(a):
             check(src.wait(timeout=20) == 0, "source exit", src)
             wait_passes(dst, 2)
             check(b"MISMATCH" not in dst.out, "destination guest saw a stale page", dst)
-            st = Client(os.path.join(d, "dst.sock")).call("status")
+            st = dc.call("status")
             check(st["state"] == "running", f"destination status {st}", dst)
+            check(any(e["event"] == "migration-incoming-done" for e in dc.events),
+                  f"no migration-incoming-done event: {dc.events}", dst)
             fds = {os.readlink(f"/proc/{dst.proc.pid}/fd/{n}")
                    for n in os.listdir(f"/proc/{dst.proc.pid}/fd")}
             check(dst_disk in fds and src_disk not in fds, f"destination's files {fds}", dst)
@@ -253,6 +258,59 @@ def migrate_cancel(a):
             check_source_survived(src, c, "cancelled")
         finally:
             src.kill()
+            dst.kill()
+
+
+@test
+def migrate_incoming_control(a):
+    """The destination's control socket serves from the start of --incoming:
+    status while it listens and, with progress, while it receives; events
+    for the connection and each round; migrate-cancel on the destination ends
+    it (exit 1) and the source keeps its guest. A destination cancelled while
+    still listening exits 1 at once."""
+    with tempfile.TemporaryDirectory() as d:
+        port = free_port()
+        dsock = os.path.join(d, "dst.sock")
+        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", MEM,
+                                  "--api-socket", dsock))
+        src, c = start_source(a, d)
+        try:
+            dc = Client(dsock)
+            st = dc.call("status")
+            check(st["ok"] and st["state"] == "incoming" and
+                  st["migration"]["state"] == "listening", f"listening status {st}", dst)
+            r = dc.call("pause")
+            check(not r["ok"] and "being received" in r["error"], f"pause while incoming: {r}", dst)
+            r = c.call("migrate", uri=f"tcp:127.0.0.1:{port}", bandwidth_mibs=4)
+            check(r["ok"], f"migrate {r}", src)
+            dc.wait_event("migration-incoming-connected", timeout=10)
+            deadline = time.monotonic() + 20
+            while True:
+                st = dc.call("status")["migration"]
+                if st["state"] == "receiving" and st.get("pages", 0) > 0:
+                    break
+                check(time.monotonic() < deadline, f"no progress on the destination: {st}", dst)
+                time.sleep(0.2)
+            check(st["bytes"] > 0 and st["elapsed_ms"] > 0, f"receiving status {st}", dst)
+            r = dc.call("migrate-cancel")
+            check(r["ok"], f"destination cancel {r}", dst)
+            e = dc.wait_event("migration-incoming-failed", timeout=10)
+            check("cancelled" in e["error"], f"failed event {e}", dst)
+            check(dst.wait(timeout=20) == 1, "destination exit code", dst)
+            done, _ = wait_migration(c)
+            check(done["event"] == "migration-failed", f"source result {done}", src)
+            check_source_survived(src, c, "cancelled by the destination")
+        finally:
+            src.kill()
+            dst.kill()
+        # Cancelled before any source connects.
+        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{free_port()}", "--mem", MEM,
+                                  "--api-socket", dsock))
+        try:
+            check(Client(dsock).call("migrate-cancel")["ok"], "cancel while listening", dst)
+            check(dst.wait(timeout=10) == 1, "exit code after a cancel while listening", dst)
+            check("cancelled on the control socket" in dst.err.decode(), "destination log", dst)
+        finally:
             dst.kill()
 
 

@@ -138,7 +138,12 @@ void ApiServer::on_client(int fd, uint32_t events) {
       if (!req.contains("cmd") || !req["cmd"].is_string()) {
         out = {{"id", id}, {"ok", false}, {"error", "request has no \"cmd\" string"}};
       } else {
-        auto r = handler_(req["cmd"].get<std::string>(), req);
+        Handler handler;
+        {
+          std::lock_guard hl(handler_mu_);
+          handler = handler_;
+        }
+        auto r = handler(req["cmd"].get<std::string>(), req);
         if (r.ok()) {
           out = r->is_object() ? *r : nlohmann::json::object();
           out["id"] = id;
@@ -153,6 +158,11 @@ void ApiServer::on_client(int fd, uint32_t events) {
     if (it == clients_.end()) return;
     if (!queue_output(*it->second, out.dump() + "\n")) return;
   }
+}
+
+void ApiServer::set_handler(Handler handler) {
+  std::lock_guard hl(handler_mu_);
+  handler_ = std::move(handler);
 }
 
 void ApiServer::emit(const std::string& event, nlohmann::json fields) {

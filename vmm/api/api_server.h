@@ -40,6 +40,10 @@ class ApiServer {
   static Result<std::unique_ptr<ApiServer>> start(const std::string& path, Handler handler);
   ~ApiServer();
 
+  // Replaces the request handler (thread-safe): the control socket stays the
+  // same while what serves it changes (an incoming migration, then its VM).
+  void set_handler(Handler handler);
+
   // Sends an event to every connected client. Thread-safe.
   void emit(const std::string& event, nlohmann::json fields = nlohmann::json::object());
 
@@ -65,7 +69,8 @@ class ApiServer {
   std::string path_;
   UniqueFd listener_;
   std::unique_ptr<EventLoop> loop_;
-  Handler handler_;
+  std::mutex handler_mu_;
+  Handler handler_;  // handler_mu_
   UniqueFd wake_;  // emit() from other threads: flush pending output
   std::thread thread_;
   std::mutex mu_;

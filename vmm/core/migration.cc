@@ -17,7 +17,6 @@
 namespace vmm {
 
 namespace mig = vmm::migration;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
@@ -400,23 +399,43 @@ Result<nlohmann::json> MigrationSource::migrate(const MigrateOptions& opts) {
 
 // ------------------------------------------------------------- destination --
 
-Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const IncomingOptions& opts) {
+Result<std::unique_ptr<Vm>> IncomingMigration::receive(const VmConfig& cfg,
+                                                       const IncomingOptions& opts) {
   VMM_TRY(auto uri, mig::parse_uri(opts.uri));
   VMM_TRY(auto listener, mig::listen_on(uri));
   spdlog::info("waiting for a migration on {}", listener.uri().to_string());
-  VMM_TRY(auto sock, mig::accept_one(listener.fd(), opts.accept_timeout_s
-                                                        ? static_cast<int>(opts.accept_timeout_s * 1000)
-                                                        : -1));
+  {
+    std::lock_guard lk(mu_);
+    status_["uri"] = listener.uri().to_string();
+  }
+  emit_("migration-incoming-listening", {{"uri", listener.uri().to_string()}});
+  set_fd(&listen_fd_, listener.fd());
+  auto accepted = mig::accept_one(
+      listener.fd(), opts.accept_timeout_s ? static_cast<int>(opts.accept_timeout_s * 1000) : -1);
+  set_fd(&listen_fd_, -1);
+  if (cancel_) return make_error("cancelled on the control socket");
+  if (!accepted.ok()) return std::move(accepted).error();
+  UniqueFd sock = std::move(*accepted);
+  set_fd(&sock_fd_, sock.get());
+  struct Unset {
+    IncomingMigration* m;
+    ~Unset() { m->set_fd(&m->sock_fd_, -1); }
+  } unset{this};
   const auto t0 = Clock::now();
+  set_state("receiving");
+  emit_("migration-incoming-connected", nlohmann::json::object());
   mig::FrameReader rd(sock.get());
   mig::FrameWriter w(sock.get());
   const int idle_ms = opts.idle_timeout_s ? static_cast<int>(opts.idle_timeout_s * 1000) : -1;
   auto fail = [&](const Error& e) -> Error {
+    if (cancel_) return make_error("cancelled on the control socket");
     (void)w.write_frame(mig::FrameType::kError, mig::encode_error(e.to_string()), 1000);
     return e;
   };
 
-  VMM_TRY(auto hf, rd.read_frame(idle_ms));
+  auto hfr = rd.read_frame(idle_ms);
+  if (!hfr.ok()) return fail(hfr.error());
+  auto& hf = *hfr;
   if (hf.type != mig::FrameType::kHello)
     return fail(make_error("expected Hello, got {}", mig::frame_type_name(hf.type)));
   VMM_TRY(auto hello, mig::decode_hello(hf.payload));
@@ -476,6 +495,10 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
           }
           ++pages;
         }
+        std::lock_guard lk(mu_);
+        status_["pages"] = pages;
+        status_["data_pages"] = data_pages;
+        status_["bytes"] = status_.value("bytes", uint64_t{0}) + f.payload.size();
         break;
       }
       case mig::FrameType::kRoundEnd: {
@@ -484,6 +507,13 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
         ++rounds;
         spdlog::info("migration: round {} received ({} pages, {} dirty at its end)", re->round,
                      re->pages_sent, re->dirty_remaining);
+        {
+          std::lock_guard lk(mu_);
+          status_["rounds"] = rounds;
+        }
+        emit_("migration-incoming-round", {{"round", re->round},
+                                           {"pages_sent", re->pages_sent},
+                                           {"dirty_remaining", re->dirty_remaining}});
         break;
       }
       case mig::FrameType::kState: {
@@ -494,6 +524,7 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
       }
       case mig::FrameType::kComplete: {
         if (auto c = mig::decode_complete(f.payload); !c.ok()) return fail(c.error());
+        set_state("applying");
         auto apply = [&]() -> Result<void> {
           if (state.empty()) return make_error("Complete before any State frame");
           VMM_TRY(auto file, snapshot::decode_state(state, "migration state"));
@@ -505,9 +536,12 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
           return make_error("incoming migration: {}", ar.error().to_string());
         }
         VMM_CHECK(w.write_frame(mig::FrameType::kAck, mig::encode_ack({true, ""}), kIoTimeoutMs));
+        double ms = ms_between(t0, Clock::now());
         spdlog::info("incoming migration complete: {} pages ({} with data), {} rounds, {} state "
                      "bytes, {:.1f} ms since the source connected",
-                     pages, data_pages, rounds, state.size(), ms_between(t0, Clock::now()));
+                     pages, data_pages, rounds, state.size(), ms);
+        emit_("migration-incoming-done",
+              {{"pages", pages}, {"data_pages", data_pages}, {"rounds", rounds}, {"ms", ms}});
         return vm;
       }
       case mig::FrameType::kError: {
@@ -523,6 +557,65 @@ Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const Incoming
                                mig::frame_type_name(f.type)));
     }
   }
+}
+
+Result<std::unique_ptr<Vm>> IncomingMigration::run(const VmConfig& cfg,
+                                                   const IncomingOptions& opts) {
+  t0_ = Clock::now();
+  auto r = receive(cfg, opts);
+  if (r.ok()) {
+    set_state("done");
+  } else {
+    set_state(cancel_ ? "cancelled" : "failed");
+    {
+      std::lock_guard lk(mu_);
+      status_["error"] = r.error().to_string();
+    }
+    emit_("migration-incoming-failed", {{"error", r.error().to_string()}});
+  }
+  return r;
+}
+
+void IncomingMigration::set_state(const char* state) {
+  std::lock_guard lk(mu_);
+  status_["state"] = state;
+}
+
+void IncomingMigration::set_fd(int* slot, int fd) {
+  std::lock_guard lk(mu_);
+  *slot = fd;
+  // A cancel that came before the fd existed still ends the wait on it.
+  if (fd >= 0 && cancel_) ::shutdown(fd, SHUT_RDWR);
+}
+
+nlohmann::json IncomingMigration::status() const {
+  std::lock_guard lk(mu_);
+  nlohmann::json s = status_;
+  s["elapsed_ms"] = ms_between(t0_, Clock::now());
+  return s;
+}
+
+bool IncomingMigration::cancel() {
+  std::lock_guard lk(mu_);
+  std::string st = status_.value("state", "");
+  if (st != "listening" && st != "receiving") return false;
+  cancel_ = true;
+  for (int fd : {listen_fd_, sock_fd_})
+    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  return true;
+}
+
+Result<nlohmann::json> IncomingMigration::handle_api(const std::string& cmd,
+                                                     const nlohmann::json&) {
+  if (cmd == "status")
+    return nlohmann::json{{"state", "incoming"}, {"migration", status()}};
+  if (cmd == "migrate-cancel" || cmd == "shutdown") {
+    if (!cancel()) return make_error("the incoming migration is past cancelling");
+    return nlohmann::json::object();
+  }
+  return make_error("'{}' is not available while a migration is being received (status, "
+                    "migrate-cancel, shutdown)",
+                    cmd);
 }
 
 }  // namespace vmm

@@ -10,15 +10,18 @@
 // source VM stops (exit 0); on any failure before it, the guest keeps
 // running on the source (resumed if the migration had paused it).
 //
-// Destination: migrate_incoming() listens, checks the source's Hello
+// Destination: IncomingMigration::run() listens, checks the source's Hello
 // against its own configuration, receives memory into fresh anonymous RAM
 // and builds the VM from the state only once everything has arrived: until
-// then nothing runs, and any failure leaves no VM behind.
+// then nothing runs, and any failure leaves no VM behind. Its control socket
+// answers status (with progress) and migrate-cancel meanwhile.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +35,7 @@
 namespace vmm {
 
 class Vm;
+using Clock = std::chrono::steady_clock;
 
 struct MigrateOptions {
   std::string uri;               // tcp:HOST:PORT | unix:PATH
@@ -84,13 +88,44 @@ class MigrationSource {
   nlohmann::json status_ = {{"state", "none"}};
 };
 
-// Destination side of `vmm --incoming URI`: returns the VM, restored and
-// ready to run(), or an error (exit 1; nothing was started).
+// Destination side of `vmm --incoming URI`.
 struct IncomingOptions {
   std::string uri;
   uint32_t accept_timeout_s = 0;  // waiting for the source; 0 = forever
   uint32_t idle_timeout_s = 60;   // max silence once connected
 };
-Result<std::unique_ptr<Vm>> migrate_incoming(const VmConfig& cfg, const IncomingOptions& opts);
+
+// One incoming migration. run() does the work on the calling thread and
+// returns the VM, restored and ready to run(), or an error (exit 1; nothing
+// was started). The control socket serves the destination from the start:
+// handle_api() (status with progress, migrate-cancel, shutdown) and the
+// events migration-incoming-{listening,connected,round,done,failed} are safe
+// from the API server's thread while run() works.
+class IncomingMigration {
+ public:
+  using Emit = std::function<void(const std::string& event, nlohmann::json fields)>;
+  explicit IncomingMigration(Emit emit) : emit_(std::move(emit)) {}
+
+  Result<std::unique_ptr<Vm>> run(const VmConfig& cfg, const IncomingOptions& opts);
+  Result<nlohmann::json> handle_api(const std::string& cmd, const nlohmann::json& req);
+  // {"state": listening|receiving|applying|done|failed|cancelled, "uri",
+  //  "pages", "data_pages", "rounds", "bytes", "elapsed_ms", "error"?}
+  nlohmann::json status() const;
+  // Ends a run() in progress (it fails with "cancelled"): unblocks its
+  // accept or read by shutting the socket down. False if nothing to cancel.
+  bool cancel();
+
+ private:
+  Result<std::unique_ptr<Vm>> receive(const VmConfig& cfg, const IncomingOptions& opts);
+  void set_state(const char* state);
+  void set_fd(int* slot, int fd);
+
+  Emit emit_;
+  std::atomic<bool> cancel_{false};
+  mutable std::mutex mu_;
+  int listen_fd_ = -1, sock_fd_ = -1;  // while open (cancel shuts them down), mu_
+  nlohmann::json status_ = {{"state", "listening"}};  // mu_
+  Clock::time_point t0_ = Clock::now();
+};
 
 }  // namespace vmm

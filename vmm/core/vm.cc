@@ -938,6 +938,13 @@ Result<nlohmann::json> Vm::snapshot_create(const std::string& dir_path) {
   return result;
 }
 
+void Vm::adopt_api(std::unique_ptr<ApiServer> api) {
+  if (!api) return;
+  api_ = std::move(api);
+  api_->set_handler(
+      [this](const std::string& cmd, const nlohmann::json& req) { return handle_api(cmd, req); });
+}
+
 void Vm::kick_all() {
   for (auto& v : vcpus_)
     if (v->started) pthread_kill(v->tid, kKickSignal);
@@ -973,7 +980,7 @@ ExitStatus Vm::run() {
     if (!r.ok()) spdlog::warn("console input: {}", r.error().to_string());
   }
 
-  if (!cfg_.api_socket.empty()) {
+  if (!cfg_.api_socket.empty() && !api_) {
     auto api = ApiServer::start(cfg_.api_socket, [this](const std::string& cmd,
                                                         const nlohmann::json& req) {
       return handle_api(cmd, req);

@@ -132,6 +132,9 @@ class Vm {
   const GuestMemory& memory() const { return mem_; }
   const VmConfig& config() const { return cfg_; }
   ApiServer* api() const { return api_.get(); }
+  // Takes over a control socket that is already serving (--incoming starts
+  // it before the VM exists): from now on this VM answers it.
+  void adopt_api(std::unique_ptr<ApiServer> api);
 
   enum class RunState { kCreated, kRunning, kPaused, kStopped };
   RunState state() const;
