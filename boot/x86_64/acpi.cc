@@ -244,23 +244,38 @@ Bytes eisa_id(std::string_view id) {
   return b;
 }
 
-// Buffer holding a resource template (ACPI 6.4, 6.4): I/O port range + IRQ + end tag.
-Bytes serial_crs() {
+// Buffer holding a resource template (ACPI 6.4, 6.4) of a legacy ISA device:
+// one I/O port range per {port, length}, its IRQ, end tag.
+struct IoRange {
+  uint16_t port;
+  uint8_t length;
+};
+Bytes isa_device_crs(std::initializer_list<IoRange> io, uint32_t irq) {
   Bytes rt;
-  const uint16_t port = layout::kSerialPort;
   // I/O Port Descriptor (small, type 0x08, 7 bytes): 16-bit decode, min, max,
   // alignment, length.
-  rt.insert(rt.end(), {0x47, 0x01, static_cast<uint8_t>(port), static_cast<uint8_t>(port >> 8),
-                       static_cast<uint8_t>(port), static_cast<uint8_t>(port >> 8), 0x00, 0x08});
+  for (const auto& r : io)
+    rt.insert(rt.end(), {0x47, 0x01, static_cast<uint8_t>(r.port), static_cast<uint8_t>(r.port >> 8),
+                         static_cast<uint8_t>(r.port), static_cast<uint8_t>(r.port >> 8), 0x00,
+                         r.length});
   // IRQ Descriptor without the flags byte (small, type 0x04, 2 bytes): an IRQ
   // mask; this form means edge-triggered, active-high, exclusive.
-  const uint16_t mask = static_cast<uint16_t>(1u << layout::kSerialIrq);
+  const uint16_t mask = static_cast<uint16_t>(1u << irq);
   rt.insert(rt.end(), {0x22, static_cast<uint8_t>(mask), static_cast<uint8_t>(mask >> 8)});
   rt.insert(rt.end(), {0x79, 0x00});  // End Tag; checksum 0 = "treat as valid"
   Bytes body;
   put_integer(body, static_cast<uint32_t>(rt.size()));  // BufferSize
   put(body, rt);
   return pkg({kBufferOp}, body);
+}
+
+// Device (SEG) { Name (_HID, EISAID (hid)) Name (_CRS, crs) }
+Bytes isa_device(std::string_view seg, std::string_view hid, const Bytes& crs) {
+  Bytes dev;
+  put_nameseg(dev, seg);
+  put(dev, name("_HID", eisa_id(hid)));
+  put(dev, name("_CRS", crs));
+  return pkg({kExtOpPrefix, kDeviceOp}, dev);
 }
 
 // String constant: StringPrefix, ASCII, NUL.
@@ -321,14 +336,19 @@ std::vector<uint8_t> dsdt_body(std::span<const AcpiMmioDevice> virtio) {
   put(aml, name("_S5_", pkg({kPackageOp}, s5)));
 
   // Scope (\_SB_) { Device (COM1) { Name (_HID, EISAID ("PNP0501"))
-  //                                 Name (_CRS, ResourceTemplate () {...}) } }
-  Bytes dev;
-  put_nameseg(dev, "COM1");
-  put(dev, name("_HID", eisa_id("PNP0501")));
-  put(dev, name("_CRS", serial_crs()));
+  //                                 Name (_CRS, ResourceTemplate () {...}) }
+  //                 Device (PS2K) { ... EISAID ("PNP0303") ... } ... }
+  // Each _CRS IRQ is how a hardware-reduced ACPI kernel (no legacy PIC, so no
+  // ISA IRQ is set up by default) learns to map it: without PS2K, Linux's
+  // i8042 driver gets -EINVAL from request_irq(1) ("probe of i8042 failed
+  // with error -22"), even with i8042.nopnp.
   Bytes sb;
   put_nameseg(sb, "_SB_");
-  put(sb, pkg({kExtOpPrefix, kDeviceOp}, dev));
+  put(sb, isa_device("COM1", "PNP0501", isa_device_crs({{layout::kSerialPort, 8}},
+                                                       layout::kSerialIrq)));
+  put(sb, isa_device("PS2K", "PNP0303",
+                     isa_device_crs({{layout::kI8042DataPort, 1}, {layout::kI8042CommandPort, 1}},
+                                    layout::kI8042Irq)));
   // Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS, ...) }
   for (size_t i = 0; i < virtio.size(); ++i) {
     Bytes v;

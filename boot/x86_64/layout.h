@@ -48,6 +48,7 @@ inline constexpr uint16_t kSerialPort = 0x3f8;  // COM1
 inline constexpr uint32_t kSerialIrq = 4;
 inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
+inline constexpr uint32_t kI8042Irq = 1;  // keyboard (described in the DSDT; the model raises none)
 inline constexpr uint16_t kBootProbePort = 0x4f0;  // boot probe, port window (8 ports)
 inline constexpr uint16_t kBootProbePortLen = 8;
 // ACPI hardware-reduced registers (FADT SLEEP_CONTROL_REG, SLEEP_STATUS_REG,

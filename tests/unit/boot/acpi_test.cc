@@ -253,14 +253,20 @@ TEST(Acpi, FadtFields) {
 //       Name (_HID, EisaId ("PNP0501"))
 //       Name (_CRS, ResourceTemplate () {
 //           IO (Decode16, 0x03F8, 0x03F8, 0x00, 0x08)
-//           IRQNoFlags () {4} }) } }
+//           IRQNoFlags () {4} }) }
+//     Device (PS2K) {
+//       Name (_HID, EisaId ("PNP0303"))
+//       Name (_CRS, ResourceTemplate () {
+//           IO (Decode16, 0x0060, 0x0060, 0x00, 0x01)
+//           IO (Decode16, 0x0064, 0x0064, 0x00, 0x01)
+//           IRQNoFlags () {1} }) } }
 const std::vector<uint8_t> kExpectedDsdtAml = {
     // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4)
     0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x08, 0x04,
     // BytePrefix 5, BytePrefix 5, ZeroOp, ZeroOp
     0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00,
-    // ScopeOp PkgLength(44) "_SB_"
-    0x10, 0x2c, 0x5f, 0x53, 0x42, 0x5f,
+    // ScopeOp PkgLength(92, two bytes) "_SB_"
+    0x10, 0x4c, 0x05, 0x5f, 0x53, 0x42, 0x5f,
     // DeviceOp (ExtOpPrefix 0x82) PkgLength(37) "COM1"
     0x5b, 0x82, 0x25, 0x43, 0x4f, 0x4d, 0x31,
     // NameOp "_HID" DWordPrefix EISAID("PNP0501")
@@ -270,7 +276,17 @@ const std::vector<uint8_t> kExpectedDsdtAml = {
     // IO: 16-bit decode, min 0x3f8, max 0x3f8, align 0, length 8
     0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08,
     // IRQ mask 1 << 4; End Tag
-    0x22, 0x10, 0x00, 0x79, 0x00};
+    0x22, 0x10, 0x00, 0x79, 0x00,
+    // DeviceOp PkgLength(45) "PS2K"
+    0x5b, 0x82, 0x2d, 0x50, 0x53, 0x32, 0x4b,
+    // NameOp "_HID" DWordPrefix EISAID("PNP0303")
+    0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x03, 0x03,
+    // NameOp "_CRS" BufferOp PkgLength(24) BytePrefix 21
+    0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x18, 0x0a, 0x15,
+    // IO 0x60 length 1; IO 0x64 length 1
+    0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x00, 0x01, 0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x00, 0x01,
+    // IRQ mask 1 << 1; End Tag
+    0x22, 0x02, 0x00, 0x79, 0x00};
 
 TEST(Acpi, DsdtAmlExactBytes) {
   EXPECT_EQ(aml::dsdt_body(), kExpectedDsdtAml);
@@ -300,7 +316,7 @@ const std::vector<uint8_t> kExpectedVirtioDeviceAml = {
 TEST(Acpi, DsdtDescribesVirtioMmioDevices) {
   const AcpiMmioDevice devs[] = {{0xd0001000, 0x1000, 5}, {0xd0002000, 0x1000, 6}};
   auto body = aml::dsdt_body(std::span(devs, 1));
-  // The COM1 device is unchanged; VR00 follows it inside \_SB_.
+  // COM1 and PS2K are unchanged; VR00 follows them inside \_SB_.
   ASSERT_GE(body.size(), kExpectedVirtioDeviceAml.size());
   std::vector<uint8_t> tail(body.end() - static_cast<long>(kExpectedVirtioDeviceAml.size()),
                             body.end());
