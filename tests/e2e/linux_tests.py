@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Linux E2E tests: a real kernel + our busybox initramfs through the vmm.
-Every assertion reads the guest's own console output."""
+Every assertion reads the guest's own console output.
+
+The default guest follows the host's KVM, as tools/quickstart.sh does: on a
+normal VMX/SVM host (kvm_intel, kvm_amd) Debian's stock cloud kernel, on a
+nested PVM host (kvm_pvm, this project's build machines) the patched minimal
+kernel; VMM_E2E_GUEST=minimal|cloud|generic overrides it. The same tests thus
+run unchanged on both kinds of host (docs/linux-boot.md)."""
 import argparse
 import hashlib
 import os
@@ -13,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from vmmtest import SKIP, Client, Guest, check, require_kvm  # noqa: E402
+from vmmtest import SKIP, Client, Guest, check, incoming, require_kvm  # noqa: E402
 
 CACHE = os.environ.get("VMM_CACHE", os.path.expanduser("~/.cache/vmm"))
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -61,6 +67,98 @@ def minimal_images():
             image("initramfs", "initramfs-minimal.cpio"))
 
 
+def host_kvm():
+    """The module serving /dev/kvm here: kvm_pvm, kvm_intel, kvm_amd or None."""
+    for m in ("kvm_pvm", "kvm_intel", "kvm_amd"):
+        if os.path.isdir(f"/sys/module/{m}"):
+            return m
+    return None
+
+
+def stock_images(flavor):
+    """Debian's stock kernel as a user has it (the bzImage) and the busybox
+    initramfs with its virtio modules: flavor cloud or generic."""
+    kdir = "debian" if flavor == "cloud" else "debian-generic"
+    return (image("kernel", kdir, "vmlinuz"), image("initramfs", f"initramfs-{kdir}.cpio"))
+
+
+def default_guest_name():
+    name = os.environ.get("VMM_E2E_GUEST")
+    if name:
+        check(name in ("minimal", "cloud", "generic"), f"VMM_E2E_GUEST={name}")
+        return name
+    return "cloud" if host_kvm() in ("kvm_intel", "kvm_amd") else "minimal"
+
+
+GUEST_MEM = "256M"
+
+
+def default_guest_args():
+    """(kernel, vmm arguments) of the default guest for this host."""
+    name = default_guest_name()
+    if name == "minimal":
+        kernel, initrd = minimal_images()
+        return kernel, ["--initrd", initrd, "--mem", GUEST_MEM, "--cmdline", MINIMAL_CMDLINE]
+    kernel, initrd = stock_images(name)
+    return kernel, ["--initrd", initrd, "--mem", GUEST_MEM]
+
+
+def require_stock_capable_host():
+    if os.path.exists("/sys/module/kvm_pvm"):
+        # A PVM host leaves a stock kernel's user-mode SYSCALL half done, and
+        # Debian's binary kernel cannot carry our fix (docs/linux-boot.md).
+        print("SKIP: this host's KVM is PVM (/sys/module/kvm_pvm): a stock kernel "
+              "cannot run user space here")
+        sys.exit(SKIP)
+
+
+# Kernel messages that fail a Linux test: warnings, oopses, stack traces and
+# failed driver probes. A WARNING/BUG report runs from its "cut here" or
+# first line to its "---[ end trace" line; the others are single lines.
+TROUBLE_BLOCK = re.compile(r"WARNING:|BUG:|cut here \]")
+TROUBLE_END = re.compile(r"---\[ end trace")
+TROUBLE_LINE = re.compile(r"Kernel panic|Oops|general protection|Call Trace|"
+                          r"probe of \S+ failed with error")
+# Known artifacts, each allowed only where its cause holds, nothing broader.
+ALLOWED_TROUBLE = [
+    {
+        # QEMU's TCG does not deliver the SVM XSETBV intercept to its (L1)
+        # guest, so L1's KVM never learns the XCR0 our L2 guest sets and
+        # XSAVE reports L1's size: the kernel's consistency check warns once
+        # at boot (fpu__init_system_xstate -> WARN_ON_FPU). Seen in every L2
+        # kernel under the emulated SVM host, never on a real host or PVM.
+        "match": "XSAVE consistency problem",
+        "when": lambda: os.environ.get("VMM_E2E_EMULATED_HOST") == "qemu-tcg-svm",
+    },
+]
+
+
+def kernel_trouble(text):
+    """The trouble reports (lists of lines) in a console log that no allow-list
+    entry covers."""
+    blocks, cur = [], None
+    for ln in text.replace("\r", "").splitlines():
+        if cur is not None:
+            cur.append(ln)
+            if TROUBLE_END.search(ln) or len(cur) >= 80:
+                blocks.append(cur)
+                cur = None
+        elif TROUBLE_BLOCK.search(ln):
+            cur = [ln]
+        elif TROUBLE_LINE.search(ln):
+            blocks.append([ln])
+    if cur is not None:
+        blocks.append(cur)
+    allowed = [e["match"] for e in ALLOWED_TROUBLE if e["when"]()]
+    return [b for b in blocks if not any(m in "\n".join(b) for m in allowed)]
+
+
+def check_kernel_log(g, what="the guest"):
+    trouble = kernel_trouble(g.out.decode(errors="replace"))
+    check(not trouble, f"kernel trouble in {what}:\n" +
+          "\n---\n".join("\n".join(b[:12]) for b in trouble), g)
+
+
 def minimal_to_init(a):
     """The default kernel boots through every initcall to the point where it
     starts /init from the initramfs (measured stages printed). What happens
@@ -99,6 +197,132 @@ def minimal_shell(a):
         sys.stdout.write(g.err.decode(errors="replace")[-3000:])
 
 
+# An init that is not ours: a few bytes of freestanding C that print what
+# they find and power off as `poweroff -f` does (reboot(2), POWER_OFF), with
+# none of our initramfs's VMM-specific exit paths.
+FOREIGN_INIT_C = r"""
+static long sys3(long n, long a, long b, long c) {
+  long r;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+  return r;
+}
+static void say(const char *s) { long n = 0; while (s[n]) n++; sys3(1, 1, (long)s, n); }
+void _start(void) {
+  char buf[64];
+  long fd, n = 0;
+  say("FOREIGN-INIT: /init from the gzip segment runs\n");
+  fd = sys3(2, (long)"/from-zstd", 0, 0);
+  if (fd >= 0) n = sys3(0, fd, (long)buf, sizeof(buf) - 1);
+  if (n > 0) { buf[n] = 0; say(buf); } else say("FOREIGN-INIT: no /from-zstd\n");
+  sys3(169, 0xfee1dead, 672274793, 0x4321fedc);  /* reboot(POWER_OFF) */
+  say("FOREIGN-INIT: reboot(POWER_OFF) returned\n");
+  for (;;) {}
+}
+"""
+
+
+def newc(files):
+    """A cpio archive (newc) of {name: (mode, bytes)}."""
+    out = b""
+    for ino, (name, (mode, data)) in enumerate(list(files.items()) + [("TRAILER!!!", (0, b""))]):
+        nm = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino + 1, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nm), 0))
+        out += hdr.encode() + nm
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def minimal_foreign_init(a):
+    """The default kernel with a user's initrd: two concatenated segments, one
+    gzip- and one zstd-compressed (Debian's initramfs-tools uses zstd), and
+    an /init that is not ours which powers off as `poweroff -f` does. The
+    kernel unpacks both, and the power-off ends the VMM with exit code 0
+    (the kernel, having no ACPI, powers off through the VMM's sleep-control
+    port: guest-images/kernel/patches/0002)."""
+    kernel = image("kernel", "minimal", "vmlinux")
+    with tempfile.TemporaryDirectory() as d:
+        src, init = os.path.join(d, "init.c"), os.path.join(d, "init")
+        with open(src, "w") as f:
+            f.write(FOREIGN_INIT_C)
+        subprocess.run(["gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
+                        "-fno-tree-loop-distribute-patterns", "-O2", "-o", init,
+                        src], check=True)
+        with open(init, "rb") as f:
+            first = newc({"init": (0o100755, f.read())})
+        second = newc({"from-zstd": (0o100644, b"FOREIGN-INIT: /from-zstd from the zstd "
+                                               b"segment\n")})
+        gz = subprocess.run(["gzip", "-9c"], input=first, capture_output=True, check=True).stdout
+        zst = subprocess.run(["zstd", "-19", "-c"], input=second, capture_output=True,
+                             check=True).stdout
+        initrd = os.path.join(d, "initrd.img")
+        with open(initrd, "wb") as f:
+            f.write(gz + zst)
+        t0 = time.monotonic()
+        g = Guest(a.vmm, kernel, ["--initrd", initrd, "--mem", "256M", "--cmdline",
+                                  MINIMAL_CMDLINE])
+        try:
+            g.expect("FOREIGN-INIT: /init from the gzip segment runs", timeout=BOOT_TIMEOUT or 2400)
+            stamp(t0, "foreign /init from the gzip segment runs")
+            g.expect("FOREIGN-INIT: /from-zstd from the zstd segment", timeout=60)
+            stamp(t0, "it read a file from the zstd segment")
+            rc = g.wait(timeout=300)
+            stamp(t0, f"vmm exited with {rc}")
+            out = g.out.decode(errors="replace")
+            check(rc == 0, f"reboot(POWER_OFF) should end the vmm with 0, got {rc}", g)
+            check("reboot: Power down" in out and "System halted" not in out,
+                  "the kernel halted instead of powering off", g)
+            check("guest powered off (ACPI)" in g.err.decode(), "vmm log: power-off reason", g)
+        finally:
+            g.kill()
+
+
+def stock_session(a, flavor, cpus, end, reason):
+    """Debian's stock kernel (bzImage, `flavor`) with --cpus N on a VMX/SVM
+    host: its shell answers a typed command, nproc is N, the VMM found CPUID
+    virtualized without a probe and appended no PVM workaround, `end` ends
+    the VMM with 0 for `reason`, and the kernel log holds no trouble."""
+    require_stock_capable_host()
+    kernel, initrd = stock_images(flavor)
+    t0 = time.monotonic()
+    g = Guest(a.vmm, kernel, ["--initrd", initrd, "--mem", GUEST_MEM, "--cpus", str(cpus)])
+    try:
+        g.expect(MARKER, timeout=BOOT_TIMEOUT or 900)
+        stamp(t0, f"{flavor} kernel, {cpus} vCPU(s): marker, shell up")
+        out = guest_ok(g, "echo answer=$((6*7)); nproc; cat /proc/cmdline")
+        check(out[:2] == ["answer=42", str(cpus)], f"answer and nproc: {out}", g)
+        stamp(t0, f"typed command answered; nproc {out[1]}")
+        for workaround in ("clearcpuid", "noxsave", "vmm.syscall_fixup", "tsc_early_khz"):
+            check(workaround not in out[2], f"the VMM appended '{workaround}' on a normal host", g)
+        err = g.err.decode(errors="replace")
+        check("does not virtualize CPUID" not in err, "the VMM took this host for PVM", g)
+        kvm = host_kvm()
+        if kvm in ("kvm_intel", "kvm_amd"):
+            check(f"host KVM is {kvm} (hardware virtualization)" in err,
+                  f"no '{kvm}' line in the VMM log", g)
+        poweroff(g, t0, end)
+        check(reason in g.err.decode(errors="replace"), f"exit reason is not '{reason}'", g)
+    finally:
+        g.kill()
+        sys.stdout.write(g.err.decode(errors="replace")[-3000:])
+
+
+def stock_cloud_shell(a):
+    """Cloud kernel, 1 vCPU; `poweroff -f` goes through the kernel's ACPI S5."""
+    stock_session(a, "cloud", 1, "poweroff -f", "guest powered off (ACPI)")
+
+
+def stock_generic_smp2(a):
+    """Generic kernel (what Debian desktops and servers run), 2 vCPUs; `reboot -f`."""
+    stock_session(a, "generic", 2, "reboot -f", "guest reset")
+
+
+def stock_cloud_smp4(a):
+    """Cloud kernel, 4 vCPUs (more than the emulated host's 2 CPUs); init's `poweroff`."""
+    stock_session(a, "cloud", 4, "poweroff", "exit with code 0")
+
+
 def debian_early_boot(a):
     """The part of a stock-kernel boot that fits CI: banner, CPU feature clearing,
     memory setup, on to the console driver. Fails on any emulation failure or
@@ -124,12 +348,7 @@ def debian_early_boot(a):
 
 
 def debian_shell(a):
-    if os.path.exists("/sys/module/kvm_pvm"):
-        # A PVM host leaves a stock kernel's user-mode SYSCALL half done, and
-        # Debian's binary kernel cannot carry our fix (docs/linux-boot.md).
-        print("SKIP: this host's KVM is PVM (/sys/module/kvm_pvm): a stock kernel "
-              "cannot run user space here")
-        sys.exit(SKIP)
+    require_stock_capable_host()
     kernel = image("kernel", "debian", "vmlinux")
     initrd = image("initramfs", "initramfs-debian.cpio")
     t0 = time.monotonic()
@@ -181,11 +400,11 @@ def sha256_of(lines, name):
     raise AssertionError(f"no sha256sum line for {name} in {lines}")
 
 
-def boot_minimal(a, t0, extra, wrapper=()):
-    """Starts the default guest with extra vmm arguments and waits for its shell."""
-    kernel, initrd = minimal_images()
-    g = Guest(a.vmm, kernel, ["--initrd", initrd, "--mem", "256M", "--cmdline", MINIMAL_CMDLINE,
-                              *extra], wrapper=wrapper)
+def boot_default(a, t0, extra, wrapper=()):
+    """Starts this host's default guest with extra vmm arguments and waits for
+    its shell."""
+    kernel, args = default_guest_args()
+    g = Guest(a.vmm, kernel, [*args, *extra], wrapper=wrapper)
     try:
         g.expect(MARKER, timeout=BOOT_TIMEOUT or 2400)
     except BaseException:
@@ -196,11 +415,14 @@ def boot_minimal(a, t0, extra, wrapper=()):
     return g
 
 
-def poweroff(g, t0):
-    g.send("poweroff")
+def poweroff(g, t0, command="poweroff"):
+    """Ends the guest with `command` (poweroff, poweroff -f, reboot -f...):
+    the VMM must exit 0, and nothing in the kernel log may be trouble."""
+    g.send(command)
     rc = g.wait(timeout=900)
-    stamp(t0, f"vmm exited with {rc}")
-    check(rc == 0, f"poweroff should end the vmm with 0, got {rc}", g)
+    stamp(t0, f"vmm exited with {rc} after '{command}'")
+    check(rc == 0, f"'{command}' should end the vmm with 0, got {rc}", g)
+    check_kernel_log(g)
 
 
 def make_disk(path, *args):
@@ -239,7 +461,7 @@ def virtio_disk(a):
         ro_sum = make_disk(ro, "--size", "16M", "--data-size", "1M", "--seed", "vmm-ro")
         ro_image_before = file_sha256(ro)
         stamp(t0, "disk images made")
-        g = boot_minimal(a, t0, ["--disk", f"path={rw}", "--disk", f"path={ro},readonly=on,id=ro0"])
+        g = boot_default(a, t0, ["--disk", f"path={rw}", "--disk", f"path={ro},readonly=on,id=ro0"])
 
         out = guest_ok(g, "cat /sys/block/vda/size /sys/block/vda/ro /sys/block/vdb/size "
                           "/sys/block/vdb/ro")
@@ -381,7 +603,7 @@ def virtio_net(a):
         run_host(*nsx, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
         run_host(*nsx, "ip", "addr", "add", "10.0.2.1/24", "dev", tap)
         run_host(*nsx, "ip", "link", "set", tap, "up")
-        g = boot_minimal(a, t0, ["--net", f"tap={tap},mac={mac}"], wrapper=nsx)
+        g = boot_default(a, t0, ["--net", f"tap={tap},mac={mac}"], wrapper=nsx)
 
         out = guest_ok(g, "cat /sys/class/net/eth0/address")
         check(out == [mac], f"guest eth0 has MAC {out}, expected {mac}", g)
@@ -424,7 +646,7 @@ def virtio_net(a):
 def virtio_rng(a):
     """--rng: the hwrng core picks virtio_rng and /dev/hwrng delivers bytes."""
     t0 = time.monotonic()
-    g = boot_minimal(a, t0, ["--rng"])
+    g = boot_default(a, t0, ["--rng"])
     try:
         out = guest_ok(g, "cat /sys/class/misc/hw_random/rng_current")
         check(len(out) == 1 and out[0].startswith("virtio_rng"),
@@ -456,7 +678,6 @@ def virtio_rng(a):
 SNAPSHOT_GAP = 15
 # Guest-time slack of the uptime bounds (console and control-socket latency).
 UPTIME_SLACK = 5.0
-KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|general protection|Call Trace")
 
 
 def guest_uptime(g):
@@ -493,7 +714,7 @@ def snapshot_shell(a):
         vmm = os.path.join(tmp, "vmm")
         shutil.copy2(a.vmm, vmm)
         a = argparse.Namespace(**{**vars(a), "vmm": vmm})
-        g = boot_minimal(a, t0, ["--disk", f"path={img}", "--api-socket", sock])
+        g = boot_default(a, t0, ["--disk", f"path={img}", "--api-socket", sock])
         t_boot = time.monotonic() - t0
 
         out = guest_ok(g, "echo token-$((1234*5)) >/tmp/f && cat /tmp/f")
@@ -604,9 +825,7 @@ def snapshot_shell(a):
               g2)
         guest_ok(g2, "echo after-$((99*3)) >/mnt/after && sync && umount /mnt")
         stamp(t0, "data.bin sha256 right after restore; /mnt/after written, synced, unmounted")
-        trouble = [ln for ln in g2.out.decode(errors="replace").splitlines()
-                   if KERNEL_TROUBLE.search(ln)]
-        check(not trouble, "kernel trouble after restore:\n" + "\n".join(trouble), g2)
+        check_kernel_log(g2, "the restored guest")
         poweroff(g2, t0)
 
         before = debugfs_cat(img, "/before")
@@ -650,7 +869,7 @@ def migrate_shell(a):
         shutil.copy2(a.vmm, vmm)  # one binary for both sides
         a = argparse.Namespace(**{**vars(a), "vmm": vmm})
         sock = os.path.join(tmp, "src.sock")
-        g = boot_minimal(a, t0, ["--api-socket", sock])
+        g = boot_default(a, t0, ["--api-socket", sock])
         out = guest_ok(g, "echo moved-file-$((21*2)) >/tmp/f && cat /tmp/f")
         check(out == ["moved-file-42"], f"RAM file: {out}", g)
         # The loop runs in the background; its lines interleave with the rest.
@@ -661,9 +880,8 @@ def migrate_shell(a):
         with socket.socket() as s_:
             s_.bind(("127.0.0.1", 0))
             port = s_.getsockname()[1]
-        dst = Guest(a.vmm, None, ["--incoming", f"tcp:127.0.0.1:{port}", "--mem", "256M"])
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", GUEST_MEM)
         c = Client(sock, timeout=120)
-        time.sleep(0.5)
         r = c.call("migrate", uri=f"tcp:127.0.0.1:{port}", downtime_ms=300)
         check(r.get("ok") is True, f"migrate: {r}", g)
         while True:
@@ -694,9 +912,7 @@ def migrate_shell(a):
         out = guest_ok(dst, "echo answer-$((6*7)) on $(cat /tmp/f)")
         check("answer-42 on moved-file-42" in out, f"destination answer: {out}", dst)
         stamp(t0, "destination shell answered; RAM file intact")
-        trouble = [ln for ln in dst.out.decode(errors="replace").splitlines()
-                   if KERNEL_TROUBLE.search(ln)]
-        check(not trouble, "kernel trouble after migration:\n" + "\n".join(trouble), dst)
+        check_kernel_log(dst, "the migrated guest")
         poweroff(dst, t0)
     finally:
         for x in (g, dst):
@@ -705,9 +921,10 @@ def migrate_shell(a):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-TESTS = {f.__name__: f for f in (minimal_to_init, minimal_shell, debian_early_boot,
-                                      debian_shell, virtio_disk, virtio_net, virtio_rng,
-                                      snapshot_shell, migrate_shell)}
+TESTS = {f.__name__: f for f in (minimal_to_init, minimal_shell, minimal_foreign_init,
+                                 debian_early_boot, debian_shell, stock_cloud_shell,
+                                 stock_generic_smp2, stock_cloud_smp4, virtio_disk, virtio_net,
+                                 virtio_rng, snapshot_shell, migrate_shell)}
 
 
 def main():

@@ -19,7 +19,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmmtest import SKIP, Client, Guest, check, require_kvm  # noqa: E402
+from vmmtest import SKIP, Client, Guest, check, incoming, require_kvm  # noqa: E402
 
 TESTS = {}
 MEM = "256M"
@@ -102,7 +102,7 @@ def migrate_tcp_dirtying(a):
     exits 0, the summary and progress events carry the numbers."""
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
-        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", MEM))
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", MEM)
         src, c = start_source(a, d)
         try:
             before = passes(src)
@@ -152,18 +152,13 @@ def migrate_unix_vmmctl(a):
         for disk in (src_disk, dst_disk):
             with open(disk, "wb") as f:
                 f.truncate(1 << 20)
-        dst = Guest(a.vmm, None, ("--incoming", f"unix:{path}", "--mem", MEM,
-                                  "--api-socket", os.path.join(d, "dst.sock"),
-                                  "--disk", dst_disk))
+        dst = incoming(a.vmm, f"unix:{path}", "--mem", MEM,
+                       "--api-socket", os.path.join(d, "dst.sock"), "--disk", dst_disk)
         src, c = start_source(a, d, ("--disk", src_disk))
         # One control socket on the destination from the start to the end.
         dc = Client(os.path.join(d, "dst.sock"))
         check(dc.call("status")["state"] == "incoming", "destination status before", dst)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(path):
-                check(time.monotonic() < deadline, "destination never listened", dst)
-                time.sleep(0.05)
             p = subprocess.run([a.vmmctl, "--socket", os.path.join(d, "src.sock"), "migrate",
                                 f"unix:{path}", "--downtime-ms", "200", "--max-rounds", "4"],
                                capture_output=True, text=True, timeout=120)
@@ -195,10 +190,9 @@ def migrate_refused_config(a):
     the source reports why and keeps running; the destination exits 1."""
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
-        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", "128M"))
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", "128M")
         src, c = start_source(a, d)
         try:
-            time.sleep(0.3)
             r = c.call("migrate", uri=f"tcp:127.0.0.1:{port}")
             check(r["ok"], f"migrate reply {r}", src)
             done, _ = wait_migration(c)
@@ -232,10 +226,9 @@ def migrate_cancel(a):
     keeps running; the destination hears Cancel and exits 1 with no VM."""
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
-        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", MEM))
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", MEM)
         src, c = start_source(a, d)
         try:
-            time.sleep(0.3)
             r = c.call("migrate", uri=f"tcp:127.0.0.1:{port}", bandwidth_mibs=2)
             check(r["ok"], f"migrate {r}", src)
             time.sleep(1.0)
@@ -271,8 +264,7 @@ def migrate_incoming_control(a):
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         dsock = os.path.join(d, "dst.sock")
-        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", MEM,
-                                  "--api-socket", dsock))
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", MEM, "--api-socket", dsock)
         src, c = start_source(a, d)
         try:
             dc = Client(dsock)
@@ -304,8 +296,7 @@ def migrate_incoming_control(a):
             src.kill()
             dst.kill()
         # Cancelled before any source connects.
-        dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{free_port()}", "--mem", MEM,
-                                  "--api-socket", dsock))
+        dst = incoming(a.vmm, f"tcp:127.0.0.1:{free_port()}", "--mem", MEM, "--api-socket", dsock)
         try:
             check(Client(dsock).call("migrate-cancel")["ok"], "cancel while listening", dst)
             check(dst.wait(timeout=10) == 1, "exit code after a cancel while listening", dst)
@@ -391,9 +382,8 @@ def migrate_connection_cut(a):
             cases = [(n, None) for n in limits] + [(None, 33)]
             for limit, back in cases:
                 port = free_port()
-                dst = Guest(a.vmm, None, ("--incoming", f"tcp:127.0.0.1:{port}", "--mem", MEM))
+                dst = incoming(a.vmm, f"tcp:127.0.0.1:{port}", "--mem", MEM)
                 try:
-                    time.sleep(0.3)
                     proxy = CuttingProxy(port, limit, back)
                     r = c.call("migrate", uri=f"tcp:127.0.0.1:{proxy.port}", downtime_ms=50,
                                max_rounds=3)
@@ -444,8 +434,8 @@ def migrate_netns_veth(a):
             run_ns("ip", "-n", ns, "link", "set", "lo", "up")
         with tempfile.TemporaryDirectory() as d:
             sock = os.path.join(d, "src.sock")
-            dst = Guest(a.vmm, None, ("--incoming", "tcp:10.77.0.2:7000", "--mem", MEM),
-                        wrapper=("ip", "netns", "exec", ns_b))
+            dst = incoming(a.vmm, "tcp:10.77.0.2:7000", "--mem", MEM,
+                           wrapper=("ip", "netns", "exec", ns_b))
             src = Guest(a.vmm, a.guest, ("--api-socket", sock, "--mem", MEM),
                         wrapper=("ip", "netns", "exec", ns_a))
             try:

@@ -93,6 +93,17 @@ class Guest:
             pass
         return self.proc.returncode
 
+    def expect_log(self, text, timeout=30):
+        """Waits for text in the vmm's log (stderr)."""
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.err:
+            if self.proc.poll() is not None and not self._pump(0.05):
+                raise AssertionError(f"vmm exited before logging {text!r}\n{self.transcript()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the vmm log in {timeout}s\n"
+                                     f"{self.transcript()}")
+            self._pump(0.05)
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -101,6 +112,14 @@ class Guest:
     def transcript(self):
         return ("--- console ---\n" + self.out.decode(errors="replace") +
                 "\n--- vmm log ---\n" + self.err.decode(errors="replace"))
+
+
+def incoming(vmm, uri, *args, wrapper=()):
+    """A `vmm --incoming URI` destination, returned once it listens (a source
+    that connects earlier is refused: slow hosts made fixed sleeps flaky)."""
+    g = Guest(vmm, None, ("--incoming", uri, *args), wrapper=wrapper)
+    g.expect_log("waiting for a migration on")
+    return g
 
 
 class Client:
