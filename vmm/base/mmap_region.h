@@ -33,10 +33,32 @@ class MmapRegion {
   // transparent huge pages where it can (one page fault and, for KVM, one
   // mapping per 2 MiB). Where THP is off or unsupported the advice fails and
   // the memory stays 4 KiB-backed: not an error.
+  // Regions of 2 MiB or more start on a 2 MiB boundary, as QEMU aligns guest
+  // RAM: KVM maps a guest page with one 2 MiB entry only when the host
+  // address is congruent with the guest-physical one modulo 2 MiB (guest RAM
+  // ranges start 2 MiB-aligned), so an unaligned huge page is still mapped
+  // 4 KiB at a time.
+  static constexpr size_t kHugeAlign = size_t{2} << 20;
   static Result<MmapRegion> anonymous(size_t size, bool huge_pages = false) {
-    auto r = map(nullptr, size, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (r.ok() && huge_pages) (void)::madvise(r->data(), r->size(), MADV_HUGEPAGE);
+    constexpr int kProt = PROT_READ | PROT_WRITE;
+    constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (size < kHugeAlign || size > SIZE_MAX - kHugeAlign) {
+      auto r = map(nullptr, size, kProt, kFlags, -1, 0);
+      if (r.ok() && huge_pages) (void)::madvise(r->data(), r->size(), MADV_HUGEPAGE);
+      return r;
+    }
+    // Reserve 2 MiB more than asked, then give back the unaligned head and tail.
+    void* p = ::mmap(nullptr, size + kHugeAlign, kProt, kFlags, -1, 0);
+    if (p == MAP_FAILED) return errno_error("mmap of {} bytes", size + kHugeAlign);
+    auto base = reinterpret_cast<uintptr_t>(p);
+    uintptr_t start = (base + kHugeAlign - 1) & ~(uintptr_t{kHugeAlign} - 1);
+    if (start > base) ::munmap(p, start - base);
+    uintptr_t end = base + size + kHugeAlign;
+    if (end > start + size) ::munmap(reinterpret_cast<void*>(start + size), end - (start + size));
+    MmapRegion r;
+    r.addr_ = reinterpret_cast<uint8_t*>(start);
+    r.size_ = size;
+    if (huge_pages) (void)::madvise(r.addr_, r.size_, MADV_HUGEPAGE);
     return r;
   }
 

@@ -109,3 +109,27 @@ TEST(GuestMemoryDirty, TakeOrsIntoWhatTheCallerHas) {
 
 }  // namespace
 }  // namespace vmm
+
+namespace vmm {
+namespace {
+
+// KVM maps guest RAM with 2 MiB entries only where host and guest addresses
+// agree modulo 2 MiB: every RAM region of 2 MiB or more starts aligned.
+TEST(MmapRegion, LargeAnonymousRegionsStart2MiBAligned) {
+  for (size_t size : {size_t{2} << 20, size_t{6} << 20, (size_t{64} << 20) + 4096}) {
+    for (int i = 0; i < 4; ++i) {
+      auto r = MmapRegion::anonymous(size, i % 2 == 0);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(r->data()) % MmapRegion::kHugeAlign, 0u) << size;
+      EXPECT_EQ(r->size(), size);
+      r->data()[0] = 1;
+      r->data()[size - 1] = 2;  // the whole range is mapped
+    }
+  }
+  auto small = MmapRegion::anonymous(8192);
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(small->size(), 8192u);
+}
+
+}  // namespace
+}  // namespace vmm
