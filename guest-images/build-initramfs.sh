@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # build-initramfs.sh - build the busybox initramfs for the VMM's Linux guests.
 #
-# Usage: build-initramfs.sh [--kernel minimal|debian] [--out PATH] [--force]
+# Usage: build-initramfs.sh [--kernel minimal|debian|debian-generic] [--out PATH] [--force]
 #   --kernel K   minimal (default): for build-kernel.sh's kernel, no modules.
-#                debian: for fetch-debian-kernel.sh's kernel; bundles its
-#                virtio modules and loads them at boot (runs
+#                debian: for fetch-debian-kernel.sh's (cloud) kernel; bundles
+#                its virtio modules and loads them at boot (runs
 #                fetch-debian-kernel.sh first if they are not cached yet).
+#                debian-generic: the same for fetch-debian-kernel.sh
+#                --flavor generic's kernel.
 #   --out PATH   output file (default:
 #                ${VMM_CACHE:-$HOME/.cache/vmm}/initramfs/initramfs-K.cpio)
 #   --force      rebuild even if the output is current
@@ -45,7 +47,7 @@ OUTPUT=
 FORCE=0
 while (($#)); do
   case $1 in
-    --kernel) VARIANT=${2:-}; shift 2 || die "--kernel needs minimal or debian" ;;
+    --kernel) VARIANT=${2:-}; shift 2 || die "--kernel needs minimal, debian or debian-generic" ;;
     --kernel=*) VARIANT=${1#*=}; shift ;;
     --out) [[ -n ${2:-} ]] || die "--out needs a path"; OUTPUT=$2; shift 2 ;;
     --out=*) OUTPUT=${1#*=}; shift ;;
@@ -54,7 +56,12 @@ while (($#)); do
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
-[[ $VARIANT == minimal || $VARIANT == debian ]] || die "--kernel must be minimal or debian, not '$VARIANT'"
+case $VARIANT in
+  minimal) ;;
+  debian) FLAVOR=cloud ;;
+  debian-generic) FLAVOR=generic ;;
+  *) die "--kernel must be minimal, debian or debian-generic, not '$VARIANT'" ;;
+esac
 OUTPUT=${OUTPUT:-$CACHE/initramfs/initramfs-$VARIANT.cpio}
 [[ $OUTPUT == /* ]] || OUTPUT=$PWD/$OUTPUT
 
@@ -65,11 +72,12 @@ LC_ALL=C readelf -l "$BUSYBOX" 2>/dev/null | grep -q 'Requesting program interpr
   die "$BUSYBOX is dynamically linked; install busybox-static (it replaces package busybox)"
 BB_VER=$(pkg_version busybox-static)
 
-# Modules for the debian variant.
-MODSRC=$CACHE/kernel/debian/modules
-if [[ $VARIANT == debian && ! -s $MODSRC/modules.load ]]; then
-  log "no cached Debian kernel modules; running fetch-debian-kernel.sh"
-  "$HERE/fetch-debian-kernel.sh" >/dev/null
+# Modules for the debian variants.
+KDIR=$CACHE/kernel/$VARIANT
+MODSRC=$KDIR/modules
+if [[ $VARIANT != minimal && ! -s $MODSRC/modules.load ]]; then
+  log "no cached Debian kernel modules; running fetch-debian-kernel.sh --flavor $FLAVOR"
+  "$HERE/fetch-debian-kernel.sh" --flavor "$FLAVOR" >/dev/null
   [[ -s $MODSRC/modules.load ]] || die "fetch-debian-kernel.sh did not produce $MODSRC/modules.load"
 fi
 
@@ -77,8 +85,8 @@ KEY=$( {
   echo "variant=$VARIANT busybox=$BB_VER epoch=$EPOCH"
   sha256sum "$BUSYBOX" | cut -d' ' -f1
   cat "$0" "$HERE/lib/common.sh"
-  if [[ $VARIANT == debian ]]; then
-    cat "$MODSRC/modules.load" "$CACHE/kernel/debian/VERSION" 2>/dev/null || true
+  if [[ $VARIANT != minimal ]]; then
+    cat "$MODSRC/modules.load" "$KDIR/VERSION" 2>/dev/null || true
     (cd "$MODSRC" && sha256sum -- *.ko)
   fi
 } | sha256_stdin)
@@ -212,7 +220,7 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' >"$R/etc/passwd"
 printf 'root:x:0:\n' >"$R/etc/group"
 printf 'vmm-guest\n' >"$R/etc/hostname"
 
-# --- modules (debian variant) -------------------------------------------------
+# --- modules (debian variants) -------------------------------------------------
 # verify_modules: offline proof that /etc/rc's insmod sequence can work. Every
 # .ko must be built for the fetched kernel (vermagic), every dependency that
 # modinfo names must be loaded before it (so the closure is complete and the
@@ -220,8 +228,8 @@ printf 'vmm-guest\n' >"$R/etc/hostname"
 # every symbol the set imports from the kernel or from the set itself.
 verify_modules() {
   local krel ko mod dep vermagic loaded=" " n=0 map dep_root out
-  krel=$(sed -n 's/^release=//p' "$CACHE/kernel/debian/VERSION" 2>/dev/null)
-  [[ -n $krel ]] || die "no release= in $CACHE/kernel/debian/VERSION; rerun fetch-debian-kernel.sh"
+  krel=$(sed -n 's/^release=//p' "$KDIR/VERSION" 2>/dev/null)
+  [[ -n $krel ]] || die "no release= in $KDIR/VERSION; rerun fetch-debian-kernel.sh"
   need_cmd modinfo kmod
   while read -r ko; do
     [[ -z $ko || $ko == \#* ]] && continue
@@ -236,8 +244,8 @@ verify_modules() {
     loaded+="$mod "
     n=$((n + 1))
   done <"$MODSRC/modules.load"
-  map=$CACHE/kernel/debian/System.map
-  if grep -q '^system_map=stub' "$CACHE/kernel/debian/VERSION" || [[ $(wc -l <"$map") -lt 1000 ]]; then
+  map=$KDIR/System.map
+  if grep -q '^system_map=stub' "$KDIR/VERSION" || [[ $(wc -l <"$map") -lt 1000 ]]; then
     log "module check: $n modules for $krel, dependency order ok; symbol check skipped (System.map is Debian's stub)"
     return 0
   fi
@@ -251,7 +259,7 @@ verify_modules() {
   fi
   log "module check: $n modules for $krel, dependency order ok, depmod resolves every symbol"
 }
-if [[ $VARIANT == debian ]]; then
+if [[ $VARIANT != minimal ]]; then
   verify_modules
   cp "$MODSRC/modules.load" "$R/lib/modules/"
   while read -r ko; do
@@ -268,5 +276,5 @@ cpio -it --quiet <"$WORK/out.cpio" | grep -qx 'init' || die "archive lacks /init
 install_atomic "$WORK/out.cpio" "$OUTPUT"
 echo "$KEY" >"$OUTPUT.key.tmp.$$"
 mv -f "$OUTPUT.key.tmp.$$" "$OUTPUT.key"
-log "built $VARIANT initramfs (busybox $BB_VER$([[ $VARIANT == debian ]] && echo ", $(grep -c '\.ko$' "$MODSRC/modules.load") modules"))"
+log "built $VARIANT initramfs (busybox $BB_VER$([[ $VARIANT != minimal ]] && echo ", $(grep -c '\.ko$' "$MODSRC/modules.load") modules"))"
 report

@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# fetch-debian-kernel.sh - get Debian's stock cloud kernel for use as a VMM
-# guest, WITHOUT installing it on the host.
+# fetch-debian-kernel.sh - get Debian's stock kernel (cloud or generic) for
+# use as a VMM guest, WITHOUT installing it on the host.
 #
-# Usage: fetch-debian-kernel.sh [--package linux-image-6.1.0-N-cloud-amd64]
+# Usage: fetch-debian-kernel.sh [--flavor cloud|generic]
+#                               [--package linux-image-6.1.0-N-cloud-amd64]
 #                               [--no-symbols] [--force]
+#   --flavor F    cloud (default): linux-image-cloud-amd64, the small kernel
+#                 for VMs; generic: linux-image-amd64, what a Debian desktop
+#                 or server runs (also the emulated SVM host's L1 kernel)
 #   --package P   use this concrete kernel package instead of the one
-#                 linux-image-cloud-amd64 currently depends on
+#                 the flavor's meta package currently depends on
 #   --no-symbols  skip the -dbg package: System.map is then Debian's stub
+#                 (outputs made earlier with the real System.map are kept)
 #   --force       redo everything even if the outputs are current
 #
-# Steps: resolve linux-image-cloud-amd64 -> linux-image-6.1.0-N-cloud-amd64,
-# `apt-get download` it, `dpkg-deb -x` it, decompress vmlinuz's payload into
-# an ELF vmlinux with extract-vmlinux.sh, and collect the virtio modules and
-# their dependencies (decompressed) plus a load-order list.
+# Steps: resolve the meta package (linux-image-cloud-amd64 ->
+# linux-image-6.1.0-N-cloud-amd64, linux-image-amd64 -> linux-image-6.1.0-N-amd64),
+# `apt-get download` it, `dpkg-deb -x` it into
+# ${VMM_CACHE:-$HOME/.cache/vmm}/src/<package>_<version>/ (kept: other
+# scripts use the whole tree, see root= below), decompress vmlinuz's payload
+# into an ELF vmlinux with extract-vmlinux.sh, and collect the virtio modules
+# and their dependencies (decompressed) plus a load-order list. The apt and
+# module steps are lib/debian-kernel.sh's.
 #
-# Outputs (in ${VMM_CACHE:-$HOME/.cache/vmm}/kernel/debian/):
+# Outputs (in ${VMM_CACHE:-$HOME/.cache/vmm}/kernel/debian/ for cloud,
+# kernel/debian-generic/ for generic):
 #   vmlinuz      the stock compressed image (bzImage)
 #   vmlinux      ELF decompressed from vmlinuz (enter via PVH: no in-guest
 #                decompression)
@@ -24,7 +34,10 @@
 #   modules/     *.ko for virtio(-mmio/-blk/-net/-rng) + dependencies, and
 #                modules/modules.load: the .ko files in a valid load order
 #                (built-in modules appear as "# name: built-in" comments)
-#   VERSION      kernel release (uname -r) and package version
+#   VERSION      key=value lines: release (uname -r), package, version,
+#                pvh_note, virtio_mmio_cmdline_devices, system_map (stub or
+#                the -dbg package) and root (the unpacked package: boot/,
+#                lib/modules/<release>/ with every module, usr/)
 # The last lines printed are these paths.
 set -euo pipefail
 
@@ -32,15 +45,16 @@ PROG=$(basename "$0")
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
+# shellcheck source=lib/debian-kernel.sh
+. "$HERE/lib/debian-kernel.sh"
 
-META_PKG=linux-image-cloud-amd64
+FLAVOR=cloud
 # Modules the initramfs loads (module names, as in lsmod); their dependencies
 # (modinfo -F depends, what depmod writes to modules.dep) are added
 # automatically. ext4 (and with it jbd2, mbcache, crc16, crc32c) is built
 # into Debian's cloud kernel; it is listed so that modules.load records that,
 # and so that a kernel which builds it as a module gets it bundled.
 WANT_MODULES=(virtio virtio_ring virtio_mmio virtio_blk virtio_net net_failover failover virtio_rng ext4)
-OUT=$CACHE/kernel/debian
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; }
 
@@ -49,6 +63,8 @@ FORCE=0
 SYMBOLS=1
 while (($#)); do
   case $1 in
+    --flavor) FLAVOR=${2:-}; shift 2 || die "--flavor needs cloud or generic" ;;
+    --flavor=*) FLAVOR=${1#*=}; shift ;;
     --package) [[ -n ${2:-} ]] || die "--package needs a package name"; PKG=$2; shift 2 ;;
     --package=*) PKG=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
@@ -58,20 +74,23 @@ while (($#)); do
   esac
 done
 
+case $FLAVOR in
+  cloud) META_PKG=linux-image-cloud-amd64; SUFFIX=cloud-amd64; OUT=$CACHE/kernel/debian; DEB_SIZE="~27 MB" ;;
+  generic) META_PKG=linux-image-amd64; SUFFIX=amd64; OUT=$CACHE/kernel/debian-generic; DEB_SIZE="~70 MB" ;;
+  *) die "--flavor must be cloud or generic, not '$FLAVOR'" ;;
+esac
+
 print_outputs() {
   local f
   for f in vmlinuz vmlinux System.map config modules VERSION; do echo "$OUT/$f"; done
 }
 
-# candidate_version PKG: the version apt would download, or nothing.
-candidate_version() {
-  apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
-}
-
 # --- 1. Resolve the concrete kernel package ---------------------------------
+# resolve_meta: the meta package's concrete kernel dependency (for generic:
+# linux-image-6.1.0-N-amd64, not -cloud-amd64 or -rt-amd64).
 resolve_meta() {
   apt-cache depends "$META_PKG" 2>/dev/null |
-    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1
+    sed -n "s/^ *Depends: \\(linux-image-[0-9][0-9.]*-[0-9][0-9]*-$SUFFIX\\)\$/\\1/p" | head -n 1
 }
 if [[ -z $PKG ]]; then
   PKG=$(resolve_meta)
@@ -82,8 +101,8 @@ if [[ -z $PKG ]]; then
     PKG=$(resolve_meta)
   fi
   if [[ -z $PKG ]]; then
-    # Fallback: the newest linux-image-6.1.*-cloud-amd64 apt knows about.
-    PKG=$(apt-cache search --names-only '^linux-image-6\.1\.[0-9.]+-[0-9]+-cloud-amd64$' |
+    # Fallback: the newest linux-image-6.1.*-$SUFFIX apt knows about.
+    PKG=$(apt-cache search --names-only "^linux-image-6\\.1\\.[0-9.]+-[0-9]+-$SUFFIX\$" |
       cut -d' ' -f1 | sort -V | tail -n 1)
   fi
   [[ -n $PKG ]] || die "cannot resolve the kernel package behind $META_PKG"
@@ -91,15 +110,26 @@ fi
 VER=$(candidate_version "$PKG")
 [[ -n $VER ]] || die "package $PKG has no download candidate (apt-get update?)"
 KREL=${PKG#linux-image-}   # uname -r, e.g. 6.1.0-56-cloud-amd64
+ROOT=$CACHE/src/${PKG}_${VER//[^A-Za-z0-9.+~-]/_}   # the unpacked package
 
-KEY=$( { echo "pkg=$PKG=$VER modules=${WANT_MODULES[*]} symbols=$SYMBOLS"
-         cat "$0" "$HERE/extract-vmlinux.sh" "$HERE/lib/common.sh"; } | sha256_stdin)
+# fetch_key SYMBOLS: the outputs' key for that --no-symbols setting.
+fetch_key() {
+  { echo "pkg=$PKG=$VER modules=${WANT_MODULES[*]} symbols=$1"
+    cat "$0" "$HERE/extract-vmlinux.sh" "$HERE/lib/common.sh" "$HERE/lib/debian-kernel.sh"; } | sha256_stdin
+}
+KEY=$(fetch_key "$SYMBOLS")
+# With --no-symbols, outputs that already have the real System.map will do.
+KEY_TOO=$KEY
+((SYMBOLS)) || KEY_TOO=$(fetch_key 1)
 outputs_current() {
-  [[ -f $OUT/KEY && $(<"$OUT/KEY") == "$KEY" ]] || return 1
+  [[ -f $OUT/KEY ]] || return 1
+  [[ $(<"$OUT/KEY") == "$KEY" || $(<"$OUT/KEY") == "$KEY_TOO" ]] || return 1
   local f
   for f in vmlinuz vmlinux System.map config VERSION modules/modules.load; do
     [[ -s $OUT/$f ]] || return 1
   done
+  # VERSION names the unpacked tree; other scripts use it, so it must exist.
+  [[ -f $ROOT/.extracted ]]
 }
 if ((FORCE == 0)) && outputs_current; then
   log "up to date: $PKG $VER"
@@ -114,40 +144,11 @@ if ((FORCE == 0)) && outputs_current; then
 fi
 
 need_cmd dpkg-deb dpkg
-need_cmd modinfo kmod
-need_cmd xz xz-utils
-need_cmd zstd zstd
+kmod_tools
 
 # --- 2. Download (not install) and unpack -----------------------------------
-DEBS=$CACHE/debs
-mkdir -p "$DEBS"
-# download_deb PKG VER WHAT: fetch PKG=VER into $DEBS once; prints the path.
-download_deb() {
-  local deb=$DEBS/${1}_${2//:/%3a}_amd64.deb
-  if [[ ! -s $deb ]] || ! dpkg-deb -I "$deb" >/dev/null 2>&1; then
-    log "downloading $1 $2 ($3)"
-    rm -f "$deb"
-    # Root's apt drops privileges to _apt for downloads; a cache dir under
-    # $HOME may not be writable for it, so download as the calling user.
-    (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$1=$2" >&2) ||
-      die "apt-get download $1=$2 failed"
-    [[ -s $deb ]] || deb=$(find "$DEBS" -maxdepth 1 -name "${1}_*_amd64.deb" | sort -V | tail -n 1)
-    [[ -n $deb && -s $deb ]] || die "apt-get download did not produce ${1}_${2}_amd64.deb in $DEBS"
-  fi
-  echo "$deb"
-}
-DEB=$(download_deb "$PKG" "$VER" "~27 MB")
-
-ROOT=$CACHE/src/${PKG}_${VER//[^A-Za-z0-9.+~-]/_}
-if [[ ! -f $ROOT/.extracted ]]; then
-  log "unpacking $(basename "$DEB") into $ROOT"
-  rm -rf "$ROOT.tmp"
-  mkdir -p "$ROOT.tmp"
-  dpkg-deb -x "$DEB" "$ROOT.tmp"
-  rm -rf "$ROOT"
-  touch "$ROOT.tmp/.extracted"
-  mv "$ROOT.tmp" "$ROOT"
-fi
+DEB=$(download_deb "$PKG" "$VER" "$DEB_SIZE")
+extract_deb "$DEB" "$ROOT"
 MODDIR=$ROOT/lib/modules/$KREL
 for f in "$ROOT/boot/vmlinuz-$KREL" "$ROOT/boot/System.map-$KREL" "$ROOT/boot/config-$KREL"; do
   [[ -s $f ]] || die "$(basename "$DEB") does not contain ${f#"$ROOT"}"
@@ -197,54 +198,13 @@ MMIO_CMDLINE=$(sed -n 's/^CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=//p' "$STAGE/config
 MMIO_CMDLINE=${MMIO_CMDLINE:-n}
 
 # --- 4. Virtio modules + dependencies, in load order ------------------------
-# Index every module file by module name (dashes become underscores).
-declare -A MODFILE=()
-while IFS= read -r -d '' f; do
-  n=$(basename "$f")
-  n=${n%.ko*}
-  MODFILE[${n//-/_}]=$f
-done < <(find "$MODDIR/kernel" -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \) -print0)
-declare -A BUILTIN=()
-if [[ -f $MODDIR/modules.builtin ]]; then
-  while IFS= read -r f; do n=$(basename "$f" .ko); BUILTIN[${n//-/_}]=1; done <"$MODDIR/modules.builtin"
-fi
-
 mkdir -p "$STAGE/modules"
-declare -A STATE=()   # name -> visiting|done
-ORDER=()
-# visit NAME: depth-first, dependencies before dependents.
-visit() {
-  local name=${1//-/_} dep src deps
-  [[ -z ${STATE[$name]:-} ]] || {
-    [[ ${STATE[$name]} == "done" ]] || die "module dependency cycle at $name"
-    return 0
-  }
-  STATE[$name]=visiting
-  if [[ -n ${MODFILE[$name]:-} ]]; then
-    src=${MODFILE[$name]}
-    case $src in
-      *.ko.xz) xz -dc "$src" >"$STAGE/modules/$name.ko" ;;
-      *.ko.zst) zstd -dcq "$src" >"$STAGE/modules/$name.ko" ;;
-      *.ko.gz) gzip -dc "$src" >"$STAGE/modules/$name.ko" ;;
-      *) cp "$src" "$STAGE/modules/$name.ko" ;;
-    esac
-    deps=$(modinfo -F depends "$STAGE/modules/$name.ko")
-    for dep in ${deps//,/ }; do visit "$dep"; done
-    ORDER+=("$name.ko")
-  elif [[ -n ${BUILTIN[$name]:-} ]]; then
-    ORDER+=("# $name: built-in")
-  else
-    die "module $name is neither in $MODDIR/kernel nor in modules.builtin"
-  fi
-  STATE[$name]="done"
-}
-for m in "${WANT_MODULES[@]}"; do visit "$m"; done
-{
-  echo "# Load order for $KREL (generated by $PROG): insmod each .ko in turn."
-  printf '%s\n' "${ORDER[@]}"
-} >"$STAGE/modules/modules.load"
-printf 'release=%s\npackage=%s\nversion=%s\npvh_note=%s\nvirtio_mmio_cmdline_devices=%s\nsystem_map=%s\n' \
-  "$KREL" "$PKG" "$VER" "$PVH" "$MMIO_CMDLINE" "$SYMSRC" >"$STAGE/VERSION"
+kmod_index "$MODDIR"
+kmod_closure "$STAGE/modules" "${WANT_MODULES[@]}"
+kmod_write_load "$STAGE/modules/modules.load" \
+  "Load order for $KREL (generated by $PROG): insmod each .ko in turn."
+printf 'release=%s\npackage=%s\nversion=%s\npvh_note=%s\nvirtio_mmio_cmdline_devices=%s\nsystem_map=%s\nroot=%s\n' \
+  "$KREL" "$PKG" "$VER" "$PVH" "$MMIO_CMDLINE" "$SYMSRC" "$ROOT" >"$STAGE/VERSION"
 echo "$KEY" >"$STAGE/KEY"
 
 # Swap the staged directory in (rename is atomic; the old copy goes away).
