@@ -698,8 +698,9 @@ def snapshot_shell(a):
     answers a new command, both files read back, the local timer interrupt still
     fires, data.bin (never read before the snapshot) has the right hash, a file
     written after the restore reaches the image (debugfs on the host), e2fsck
-    finds it clean, `poweroff` ends the VMM with 0, and guest uptime continued
-    from its saved value without the gap (checked last). VMM_E2E_KEEP=1 keeps
+    finds it clean, a background loop keeps counting, `poweroff` ends the
+    VMM with 0, and guest uptime continued from its saved value without the
+    gap (checked last). VMM_E2E_KEEP=1 keeps
     the snapshot directory and image."""
     tmp = tempfile.mkdtemp(prefix="vmm-e2e-snap-")
     g = g2 = None
@@ -719,6 +720,9 @@ def snapshot_shell(a):
 
         out = guest_ok(g, "echo token-$((1234*5)) >/tmp/f && cat /tmp/f")
         check(out == ["token-6170"], f"RAM file: {out}", g)
+        # A loop that keeps counting (in a file, off the console) across the
+        # snapshot and the restore.
+        g.send("(i=0; while true; do i=$((i+1)); echo $i >/tmp/count; sleep 1; done) &")
         out = guest_ok(g, "mount -t ext4 /dev/vda /mnt && echo disk-$((4321*2)) >/mnt/before "
                           "&& sync && cat /mnt/before")
         check(out == ["disk-8642"], f"disk file: {out}", g)
@@ -727,6 +731,7 @@ def snapshot_shell(a):
                                            "current_clocksource"))
         up0, up0_sent, up0_done = guest_uptime(g)
         stamp(t0, f"guest uptime before the snapshot: {up0:.2f} s (clocksource {clocksource})")
+        count0 = int(guest_ok(g, "cat /tmp/count")[-1])
 
         c = Client(sock, timeout=120)
         t_pause = time.monotonic()
@@ -776,6 +781,10 @@ def snapshot_shell(a):
         out = guest_ok(g2, "cat /tmp/f /mnt/before")
         check(out == ["token-6170", "disk-8642"], f"RAM and disk files after restore: {out}", g2)
         stamp(t0, "RAM file and disk file read back after restore")
+        count1 = int(guest_ok(g2, "sleep 2; cat /tmp/count")[-1])
+        check(count1 > count0, f"the counting loop did not go on after the restore: {count0} "
+              f"before the snapshot, {count1} after", g2)
+        stamp(t0, f"the loop counts on: {count0} before the snapshot, {count1} after the restore")
         # The guest's timer interrupt must survive the restore: without it every
         # timed wait (sleep, poweroff's shutdown sequence) hangs. Busy for 2 s of
         # guest time (the clocksource runs without interrupts), counting LOC.
