@@ -339,9 +339,11 @@ std::vector<uint8_t> dsdt_body(std::span<const AcpiMmioDevice> virtio) {
   //                                 Name (_CRS, ResourceTemplate () {...}) }
   //                 Device (PS2K) { ... EISAID ("PNP0303") ... } ... }
   // Each _CRS IRQ is how a hardware-reduced ACPI kernel (no legacy PIC, so no
-  // ISA IRQ is set up by default) learns to map it: without PS2K, Linux's
-  // i8042 driver gets -EINVAL from request_irq(1) ("probe of i8042 failed
-  // with error -22"), even with i8042.nopnp.
+  // ISA IRQ is set up by default) learns to map it, through PNP: Linux's i8042
+  // driver finds the controller as PNP0303 and requests the IRQ its _CRS maps.
+  // Without PS2K, or with i8042.nopnp on the command line (so no longer in our
+  // default), it probes the ports directly and request_irq(1) fails with
+  // -EINVAL ("probe of i8042 failed with error -22").
   Bytes sb;
   put_nameseg(sb, "_SB_");
   put(sb, isa_device("COM1", "PNP0501", isa_device_crs({{layout::kSerialPort, 8}},

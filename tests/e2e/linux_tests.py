@@ -58,7 +58,7 @@ def shell_session(g, t0, boot_timeout):
 
 
 MINIMAL_CMDLINE = "console=ttyS0 reboot=k nowatchdog"
-DEBIAN_CMDLINE = ("console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux i8042.nopnp "
+DEBIAN_CMDLINE = ("console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux "
                   "i8042.dumbkbd ipv6.disable=1 mitigations=off lsm=capability dis_ucode_ldr")
 
 

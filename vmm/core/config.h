@@ -63,7 +63,7 @@ Result<virtio::NetConfig> parse_net(const std::string& text);
 
 // The default kernel command line when the user gives none.
 inline constexpr const char* kDefaultCmdline =
-    "console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux i8042.nopnp "
+    "console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux "
     "i8042.dumbkbd";
 
 }  // namespace vmm
