@@ -1,5 +1,10 @@
 """Helpers shared by the benchmark scripts in tools/bench (stdlib only)."""
 import hashlib
+import json
+import os
+import select
+import socket
+import time
 
 
 def parse_size(text):
@@ -43,7 +48,6 @@ def cpuinfo_mhz():
 def host_info(qemu=None, **extra):
     """What a report records about the host: kernel, CPUs, nested PVM, load,
     CPU model and (if given) the QEMU binary's version; plus `extra`."""
-    import os
     import platform
     import subprocess
     info = {"kernel": platform.release(), "nproc": os.cpu_count(),
@@ -64,6 +68,9 @@ def host_info(qemu=None, **extra):
 
 
 DEFAULT_QEMU_CPU = "host,-arch-capabilities"
+# QEMU's migrate-set-parameters max-bandwidth meaning "unlimited" (bytes/s; QEMU 7.2's
+# default, 128 MiB/s, would throttle it).
+QEMU_UNLIMITED_BW = 1 << 40
 
 
 def add_vm_args(ap):
@@ -93,3 +100,243 @@ def ratio(a, b):
     if a is None or b is None or not b["median"]:
         return "-"
     return f"{a['median'] / b['median']:.2f}"
+
+
+# ------------------------------------------------- a running VMM's memory --
+
+STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize", "Threads")
+
+
+def proc_status(pid, keys=STATUS_KEYS):
+    """Selected /proc/PID/status fields as ints (KiB for the Vm*/Rss* ones);
+    {} if the process is gone."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key in keys:
+                    out[key] = int(val.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def smaps_mappings(pid):
+    """Every mapping of a process from /proc/PID/smaps as {size, name, rss,
+    thp} (bytes for size, KiB for the rest); None if unreadable."""
+    maps, cur = [], None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    lo, hi = (int(x, 16) for x in first.split("-"))
+                    parts = line.split(None, 5)
+                    cur = {"size": hi - lo, "name": parts[5].strip() if len(parts) > 5 else "",
+                           "rss": 0, "thp": 0}
+                    maps.append(cur)
+                elif first == "Rss:" and cur is not None:
+                    cur["rss"] = int(line.split()[1])
+                elif first == "AnonHugePages:" and cur is not None:
+                    cur["thp"] = int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return maps
+
+
+def smaps_split(pid, guest_bytes):
+    """A VMM's Rss split between its guest-RAM mapping and everything else (KiB),
+    from /proc/PID/smaps; None if unreadable.
+
+    The guest RAM is the anonymous mapping whose size is exactly guest_bytes
+    (our VMM's and QEMU's memory-backend-ram alike); if none matches, the
+    smallest anonymous mapping not smaller than that (its size is reported in
+    guest_mappings). vmm_rss_excl_guest_kib is the sum of Rss over all other
+    mappings: binary, libraries, heap, thread stacks."""
+    maps = smaps_mappings(pid)
+    if maps is None:
+        return None
+    anon = [m for m in maps if m["name"] in ("", "[anon]") or m["name"].startswith("[anon:")]
+    guest = [m for m in anon if m["size"] == guest_bytes]
+    if not guest:
+        guest = sorted((m for m in anon if m["size"] >= guest_bytes), key=lambda m: m["size"])[:1]
+    total = sum(m["rss"] for m in maps)
+    g_rss = sum(m["rss"] for m in guest)
+    return {"rss_total_kib": total, "guest_ram_rss_kib": g_rss,
+            "guest_ram_thp_kib": sum(m["thp"] for m in guest),
+            "vmm_rss_excl_guest_kib": total - g_rss,
+            "guest_mappings": [m["size"] for m in guest], "mappings": len(maps)}
+
+
+def host_kvm_module():
+    """The module serving /dev/kvm: kvm_pvm, kvm_intel, kvm_amd or None."""
+    for m in ("kvm_pvm", "kvm_intel", "kvm_amd"):
+        if os.path.isdir(f"/sys/module/{m}"):
+            return m
+    return None
+
+
+# ------------------------------------ control sockets: ours and QEMU's QMP --
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a migration
+    destination to listen on)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def tcp_listening(port):
+    """Whether some socket of this network namespace listens on TCP port
+    (/proc/net/tcp and tcp6, state 0A); checking never connects, so a
+    destination that accepts only one connection is not disturbed."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class BenchError(RuntimeError):
+    """A control-socket failure (cannot connect, closed, no reply, QMP error)."""
+
+
+def connect_unix(path, timeout=10, retry=0.01):
+    """A unix stream socket connected to path, retrying every `retry` s (the
+    server may not listen yet) for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError as e:
+            s.close()
+            if time.monotonic() > deadline:
+                raise BenchError(f"cannot connect to {path}: {e}") from e
+            time.sleep(retry)
+
+
+class JsonLines:
+    """A client of line-delimited JSON on a unix socket: our VMM's control
+    socket (docs/api.md) or QEMU's QMP. Messages with an "event" key go to
+    self.events as (arrival time, message), in order, and stay there until a
+    caller removes them; all others (replies, QMP's greeting) to self.replies.
+
+    Blocking use: request() (send, wait for the next reply), wait_event().
+    Event-loop use: select on fileno(), then feed(t); `closed` is set at EOF."""
+
+    def __init__(self, path, timeout=10, retry=0.01, reply_timeout=60):
+        self.s = connect_unix(path, timeout, retry)
+        self.reply_timeout = reply_timeout
+        self.buf = b""
+        self.events = []   # (t, msg)
+        self.replies = []  # msg
+        self.closed = False
+
+    def fileno(self):
+        return self.s.fileno()
+
+    def feed(self, t):
+        """Reads what has arrived (one recv) and files the complete lines."""
+        try:
+            data = self.s.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            if not line.strip():
+                continue
+            msg = json.loads(line)
+            if "event" in msg:
+                self.events.append((t, msg))
+            else:
+                self.replies.append(msg)
+
+    def _read(self, deadline, what):
+        """Waits until deadline for more input and feeds it; raises BenchError
+        on a timeout or a closed socket."""
+        if self.closed:
+            raise BenchError(f"control socket closed while waiting for {what}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"no {what} on the control socket")
+        r, _, _ = select.select([self.s], [], [], left)
+        if r:
+            self.feed(time.monotonic())
+
+    def send(self, obj, fds=None):
+        """One message; fds (a list of file descriptors) go along as SCM_RIGHTS."""
+        data = (json.dumps(obj) + "\n").encode()
+        if fds:
+            socket.send_fds(self.s, [data], fds)
+        else:
+            self.s.sendall(data)
+
+    def next_reply(self, timeout=None):
+        """The oldest reply not yet taken, waiting up to timeout s (default
+        reply_timeout); events that arrive meanwhile are kept."""
+        deadline = time.monotonic() + (self.reply_timeout if timeout is None else timeout)
+        while not self.replies:
+            self._read(deadline, "reply")
+        return self.replies.pop(0)
+
+    def request(self, obj, timeout=None, fds=None):
+        """Sends obj and returns its reply (the next one: requests on one
+        connection are answered in order)."""
+        self.send(obj, fds)
+        return self.next_reply(timeout)
+
+    def wait_event(self, pred, timeout=None):
+        """The first kept event for which pred(msg) holds, waiting for more up
+        to timeout s: (arrival time, msg). It and the events before it are
+        removed from self.events."""
+        deadline = time.monotonic() + (self.reply_timeout if timeout is None else timeout)
+        checked = 0
+        while True:
+            for i in range(checked, len(self.events)):
+                if pred(self.events[i][1]):
+                    t, m = self.events[i]
+                    del self.events[:i + 1]
+                    return t, m
+            checked = len(self.events)
+            self._read(deadline, "event")
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+class QMP(JsonLines):
+    """QEMU's QMP: greeting and capabilities negotiation on connect; execute()
+    returns QEMU's whole response, cmd() its "return" or raises BenchError."""
+
+    def __init__(self, path, timeout=10, retry=0.01, reply_timeout=60):
+        super().__init__(path, timeout, retry, reply_timeout)
+        self.greeting = self.next_reply()
+        self.cmd("qmp_capabilities")
+
+    def execute(self, name, fds=None, **args):
+        return self.request({"execute": name, **({"arguments": args} if args else {})},
+                            fds=fds)
+
+    def cmd(self, name, **args):
+        r = self.execute(name, **args)
+        if "error" in r:
+            raise BenchError(f"QMP {name} {args}: {r['error']}")
+        return r.get("return")

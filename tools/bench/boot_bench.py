@@ -67,7 +67,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import DEFAULT_QEMU_CPU, parse_size  # noqa: E402
+from benchlib import DEFAULT_QEMU_CPU, parse_size, smaps_split  # noqa: E402
 
 READY = b"TESTGUEST READY"
 
@@ -87,50 +87,6 @@ def read_status(pid):
     except OSError:
         pass
     return out
-
-
-def read_smaps(pid, guest_bytes):
-    """Splits Rss between the guest-RAM mapping and everything else (KiB).
-
-    The guest RAM is the anonymous mapping whose size is exactly the guest's
-    memory size (for both our VMM and QEMU's memory-backend-ram); if none
-    matches exactly, the largest anonymous mapping not smaller than the guest
-    size is taken (and reported).
-    """
-    maps = []
-    cur = None
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                first = line.split(None, 1)[0]
-                if "-" in first and not first.endswith(":"):
-                    lo, hi = (int(x, 16) for x in first.split("-"))
-                    parts = line.split()
-                    name = parts[5] if len(parts) > 5 else ""
-                    cur = {"size": hi - lo, "name": name, "perms": parts[1], "rss": 0,
-                           "thp": 0}
-                    maps.append(cur)
-                elif first == "Rss:" and cur is not None:
-                    cur["rss"] = int(line.split()[1])
-                elif first == "AnonHugePages:" and cur is not None:
-                    cur["thp"] = int(line.split()[1])
-    except OSError:
-        return None
-    anon = [m for m in maps if m["name"] in ("", "[anon]") or m["name"].startswith("[anon:")]
-    guest = [m for m in anon if m["size"] == guest_bytes]
-    if not guest:
-        bigger = sorted((m for m in anon if m["size"] >= guest_bytes), key=lambda m: m["size"])
-        guest = bigger[:1]
-    total = sum(m["rss"] for m in maps)
-    g_rss = sum(m["rss"] for m in guest)
-    return {
-        "rss_total_kib": total,
-        "guest_ram_rss_kib": g_rss,
-        "guest_ram_thp_kib": sum(m["thp"] for m in guest),
-        "vmm_rss_excl_guest_kib": total - g_rss,
-        "guest_mappings": [m["size"] for m in guest],
-        "mappings": len(maps),
-    }
 
 
 class Proc:
@@ -244,7 +200,7 @@ def run_tiny_once(cmd, expect_rc, guest_bytes, timeout):
             return r
         r["ready_ms"] = ms(p.t0, t_ready)
         st = read_status(p.p.pid)
-        sm = read_smaps(p.p.pid, guest_bytes)
+        sm = smaps_split(p.p.pid, guest_bytes)
         t_sent = time.monotonic()
         r["sample_ms"] = ms(t_ready, t_sent)
         r["status_kib"] = st
@@ -353,7 +309,7 @@ CMDLINE_RE = re.compile(rb"\] command line: ([^\r\n]*)\r?\n")
 LOG_PREFIX_RE = re.compile(r"^\[[0-9:.]+\] \[\w+\] ")
 QEMU_RIP_RE = re.compile(rb"RIP=([0-9a-fA-F]{8,16})")
 # The stock kernel's command line in tests/e2e/linux_tests.py (DEBIAN_CMDLINE).
-DEBIAN_CMDLINE = ("console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux i8042.nopnp "
+DEBIAN_CMDLINE = ("console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux "
                   "i8042.dumbkbd ipv6.disable=1 mitigations=off lsm=capability dis_ucode_ldr")
 
 
@@ -530,7 +486,7 @@ def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
 
         if r["end"] == "marker":
             r["status_kib"] = read_status(p.p.pid)
-            r["smaps"] = read_smaps(p.p.pid, guest_bytes)
+            r["smaps"] = smaps_split(p.p.pid, guest_bytes)
             t_sent = time.monotonic()
             try:
                 p.send("poweroff")
@@ -549,7 +505,7 @@ def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
         else:
             # still running: keep its memory figures, then stop it
             r["status_kib"] = read_status(p.p.pid)
-            r["smaps"] = read_smaps(p.p.pid, guest_bytes)
+            r["smaps"] = smaps_split(p.p.pid, guest_bytes)
         r["killed"] = p.p.poll() is None
         p.kill()
         if r["killed"]:
