@@ -112,24 +112,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (  # noqa: E402
-    DEFAULT_QEMU_CPU, add_vm_args, stat, ratio, host_info, parse_size, loadavg, sha256_file)
+    DEFAULT_QEMU_CPU, QEMU_UNLIMITED_BW, QMP, JsonLines, add_vm_args, free_port, stat, ratio,
+    host_info, parse_size, loadavg, sha256_file)
 
 READY = b"TESTGUEST READY"
 MIB = 1 << 20
 PASS_RE = re.compile(rb"dirty pass (\d+)")
-QEMU_UNLIMITED_BW = 1 << 40  # bytes/s
+# Control sockets (ours and QMP): connect for up to 20 s, retrying every 20 ms;
+# a reply within 20 s.
+SOCK = {"timeout": 20, "retry": 0.02, "reply_timeout": 20}
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -------------------------------------------------------- loopback blast --
@@ -254,96 +249,6 @@ class Proc:
 
     def err_tail(self, n=2500):
         return bytes(self.err[-n:]).decode(errors="replace")
-
-
-class JsonLines:
-    """A unix-socket client of line-delimited JSON (our control socket or QMP);
-    messages that are not replies (events) are kept with their arrival time."""
-
-    def __init__(self, path, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.buf = b""
-        self.events = []  # (t, msg)
-        self.replies = []
-        self.closed = False
-
-    def fileno(self):
-        return self.s.fileno()
-
-    def feed(self, t):
-        try:
-            data = self.s.recv(1 << 16)
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self.buf += data
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            if not line.strip():
-                continue
-            msg = json.loads(line)
-            if "event" in msg:
-                self.events.append((t, msg))
-            else:
-                self.replies.append(msg)
-
-    def send(self, obj):
-        self.s.sendall(json.dumps(obj).encode() + b"\n")
-
-    def call(self, obj, timeout=20):
-        self.send(obj)
-        deadline = time.monotonic() + timeout
-        while not self.replies:
-            if self.closed:
-                raise RuntimeError(f"control socket closed while waiting for the reply to {obj}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"no reply to {obj} within {timeout} s")
-            r, _, _ = select.select([self.s], [], [], left)
-            if r:
-                self.feed(time.monotonic())
-        return self.replies.pop(0)
-
-    def close(self):
-        try:
-            self.s.close()
-        except OSError:
-            pass
-
-
-class QMP(JsonLines):
-    def __init__(self, path, timeout=20):
-        super().__init__(path, timeout)
-        # Greeting, then capabilities negotiation.
-        deadline = time.monotonic() + timeout
-        while not self.replies:
-            select.select([self.s], [], [], max(0.0, deadline - time.monotonic()))
-            self.feed(time.monotonic())
-            if time.monotonic() > deadline:
-                raise RuntimeError("no QMP greeting")
-        self.replies.pop(0)
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        r = self.call(msg)
-        if "error" in r:
-            raise RuntimeError(f"QMP {name} {args}: {r['error']}")
-        return r.get("return")
 
 
 def pump(procs, socks, timeout):
@@ -472,24 +377,24 @@ def run_one(a, who, mem, dirty_mib, every, downtime_ms, rep):
         wait_for(procs, [], lambda: time.monotonic() - t_first >= a.settle, a.settle + 5,
                  "settle")
         if who == "ours":
-            ctl = JsonLines(api)
+            ctl = JsonLines(api, **SOCK)
         else:
-            ctl = QMP(sq)
+            ctl = QMP(sq, **SOCK)
             ctl.cmd("migrate-set-capabilities",
                     capabilities=[{"capability": "events", "state": True}])
             ctl.cmd("migrate-set-parameters", **{"downtime-limit": downtime_ms,
                                                  "max-bandwidth": QEMU_UNLIMITED_BW})
             rec["qemu_params"] = ctl.cmd("query-migrate-parameters")
         if who == "qemu":
-            dctl = QMP(dq)  # its RESUME event says when the guest runs there
+            dctl = QMP(dq, **SOCK)  # its RESUME event says when the guest runs there
         socks = [ctl, dctl]
         sched_src0 = src.threads()
         sched_dst0 = dst.threads()
         rec["load_at_migrate"] = loadavg()
         t_mig = time.monotonic()
         if who == "ours":
-            r = ctl.call({"cmd": "migrate", "uri": f"tcp:127.0.0.1:{port}",
-                          "downtime_ms": downtime_ms})
+            r = ctl.request({"cmd": "migrate", "uri": f"tcp:127.0.0.1:{port}",
+                             "downtime_ms": downtime_ms})
             if not r.get("ok"):
                 raise RuntimeError(f"migrate refused: {r}")
         else:
@@ -544,8 +449,8 @@ def run_one(a, who, mem, dirty_mib, every, downtime_ms, rep):
         if timed_out:
             rec["error"] = f"no result within --timeout {a.timeout} s"
             if who == "ours":
-                rec["status_at_timeout"] = ctl.call({"cmd": "status"}).get("migration")
-                ctl.call({"cmd": "migrate-cancel"})
+                rec["status_at_timeout"] = ctl.request({"cmd": "status"}).get("migration")
+                ctl.request({"cmd": "migrate-cancel"})
             else:
                 rec["status_at_timeout"] = ctl.cmd("query-migrate")
                 ctl.cmd("migrate_cancel")

@@ -90,7 +90,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -99,7 +98,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (  # noqa: E402
-    DEFAULT_QEMU_CPU, add_vm_args, stat, ratio, host_info, parse_size, loadavg, sha256_file)
+    DEFAULT_QEMU_CPU, QEMU_UNLIMITED_BW, QMP, BenchError, JsonLines, add_vm_args, stat, ratio,
+    host_info, parse_size, loadavg, sha256_file)
 
 READY = b"TESTGUEST READY"
 
@@ -198,8 +198,8 @@ def log_wall(m, ref_wall):
     return t
 
 
-class RunError(Exception):
-    pass
+# A failed step (caught per run in main); the control-socket clients raise it too.
+RunError = BenchError
 
 
 class Child:
@@ -342,76 +342,6 @@ class Child:
         return rc
 
 
-def connect_unix(path, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except OSError:
-            s.close()
-            if time.monotonic() > deadline:
-                raise RunError(f"cannot connect to {path}")
-            time.sleep(0.01)
-
-
-class JsonLines:
-    def __init__(self, sock):
-        self.s = sock
-        self.buf = b""
-
-    def send(self, obj, fds=None):
-        data = (json.dumps(obj) + "\n").encode()
-        if fds:
-            socket.send_fds(self.s, [data], fds)
-        else:
-            self.s.sendall(data)
-
-    def recv(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RunError("no reply on the control socket")
-            self.s.settimeout(left)
-            data = self.s.recv(65536)
-            if not data:
-                raise RunError("control socket closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-
-class Qmp(JsonLines):
-    def __init__(self, path):
-        super().__init__(connect_unix(path))
-        self.events = []
-        self.recv()  # greeting
-        self.call("qmp_capabilities")
-
-    def call(self, cmd, fds=None, **args):
-        self.send({"execute": cmd, **({"arguments": args} if args else {})}, fds)
-        while True:
-            m = self.recv()
-            if "event" in m:
-                self.events.append((time.monotonic(), m))
-                continue
-            return m
-
-    def wait_event(self, pred, timeout=120):
-        for i, (t, m) in enumerate(self.events):
-            if pred(m):
-                del self.events[:i + 1]
-                return t, m
-        self.events.clear()
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self.recv(max(0.001, deadline - time.monotonic()))
-            if "event" in m and pred(m):
-                return time.monotonic(), m
-
-
 def ms(a, b):
     return (b - a) * 1000.0
 
@@ -434,14 +364,10 @@ def ours_snapshot(a, size, snapdir, sock):
     try:
         c.wait_ready(a.timeout)
         c.command("echo warm", "warm", a.timeout)
-        api = JsonLines(connect_unix(sock))
+        api = JsonLines(sock)
         f0, s0, c0 = faults(c.p.pid), sched(c.p.pid), cpu_ticks_ms(c.p.pid)
         t0 = time.monotonic()
-        api.send({"id": 1, "cmd": "snapshot-create", "dir": snapdir})
-        while True:
-            m = api.recv(a.timeout)
-            if "event" not in m:
-                break
+        m = api.request({"id": 1, "cmd": "snapshot-create", "dir": snapdir}, a.timeout)
         t1 = time.monotonic()
         f1, s1, c1 = faults(c.p.pid), sched(c.p.pid), cpu_ticks_ms(c.p.pid)
         if None not in (c0, c1):
@@ -450,7 +376,7 @@ def ours_snapshot(a, size, snapdir, sock):
             r["minflt"], r["majflt"] = f1[0] - f0[0], f1[1] - f0[1]
         if None not in s0 + s1:
             r["cpu_ms"], r["runq_wait_ms"] = s1[0] - s0[0], s1[1] - s0[1]
-        api.s.close()
+        api.close()
         if not m.get("ok"):
             raise RunError(f"ours: snapshot-create failed: {m}")
         r["wall_ms"] = ms(t0, t1)
@@ -540,16 +466,16 @@ def qemu_snapshot(a, size, path, qsock):
     try:
         c.wait_ready(a.timeout)
         c.command("echo warm", "warm", a.timeout)
-        q = Qmp(qsock)
+        q = QMP(qsock)
         for cmd, args in (("migrate-set-capabilities",
                            {"capabilities": [{"capability": "events", "state": True}]}),
-                          ("migrate-set-parameters", {"max-bandwidth": 1 << 40})):
-            res = q.call(cmd, **args)
+                          ("migrate-set-parameters", {"max-bandwidth": QEMU_UNLIMITED_BW})):
+            res = q.execute(cmd, **args)
             if "return" not in res:
                 raise RunError(f"qemu: {cmd}: {res}")
         if a.qemu_transport == "fd":
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            res = q.call("getfd", fds=[fd], fdname="snap")
+            res = q.execute("getfd", fds=[fd], fdname="snap")
             if "return" not in res:
                 raise RunError(f"qemu: getfd: {res}")
             uri = "fd:snap"
@@ -558,11 +484,11 @@ def qemu_snapshot(a, size, path, qsock):
         f0, s0, c0 = faults(c.p.pid), sched(c.p.pid), cpu_ticks_ms(c.p.pid)
         t0 = time.monotonic()
         if a.qemu_mode == "stopped":
-            res = q.call("stop")
+            res = q.execute("stop")
             if "return" not in res:
                 raise RunError(f"qemu: stop: {res}")
         t1 = time.monotonic()
-        res = q.call("migrate", uri=uri)
+        res = q.execute("migrate", uri=uri)
         if "return" not in res:
             raise RunError(f"qemu: migrate: {res}")
         t2, ev = q.wait_event(lambda m: m.get("event") == "MIGRATION" and
@@ -574,7 +500,7 @@ def qemu_snapshot(a, size, path, qsock):
         # migration's cleanup has run in the main loop: retry.
         tries = 0
         while True:
-            res = q.call("cont")
+            res = q.execute("cont")
             tries += 1
             if "return" in res:
                 break
@@ -594,7 +520,7 @@ def qemu_snapshot(a, size, path, qsock):
         r["migrate_ms"] = ms(t1, t2)
         r["cont_ms"] = ms(t2, t3)
         r["cont_tries"] = tries
-        info = q.call("query-migrate").get("return", {})
+        info = q.execute("query-migrate").get("return", {})
         ram = info.get("ram", {})
         r.update(total_time_ms=info.get("total-time"), downtime_ms=info.get("downtime"),
                  setup_time_ms=info.get("setup-time"), transferred=ram.get("transferred"),
@@ -607,7 +533,7 @@ def qemu_snapshot(a, size, path, qsock):
             os.close(ffd)
         r["fsync_ms"] = ms(t4, time.monotonic())
         c.command("echo after", "after", a.timeout)
-        q.s.close()
+        q.close()
     finally:
         if fd >= 0:
             os.close(fd)
