@@ -67,7 +67,7 @@ def start_source(a, d, extra=()):
     g = Guest(a.vmm, a.guest, ("--api-socket", sock, "--mem", MEM, *extra))
     g.expect("TESTGUEST READY")
     g.send(f"dirty {DIRTY_MIB} 8")
-    g.expect("dirty pass")
+    g.expect("dirty pass", timeout=90)  # the first pass faults in every page: >20 s in L1
     return g, Client(sock, timeout=60)
 
 

@@ -151,12 +151,12 @@ echo "$GOT" >"$NEW$SVM_WORK/root-mode"
 
 # --- 4. late modules, network basics, the job --------------------------------
 # The running kernel's modules where modprobe looks for them (/lib/modules/
-# $KREL), so that jobs can load more with plain modprobe: a read-only bind of
-# the unpacked package's tree (the host has no such directory).
+# $KREL), so that jobs can load more with plain modprobe: a bind of the
+# unpacked package's tree inside the overlay root (writes land in the overlay's
+# upper layer, never on the host; the host has no such directory).
 if [ "$GOT" = overlay ] && [ -d "$NEW$KROOT/lib/modules/$KREL" ]; then
   mkdir -p "$NEW/lib/modules/$KREL" &&
-    mount --bind "$NEW$KROOT/lib/modules/$KREL" "$NEW/lib/modules/$KREL" &&
-    mount -o remount,bind,ro "$NEW/lib/modules/$KREL" ||
+    mount --bind "$NEW$KROOT/lib/modules/$KREL" "$NEW/lib/modules/$KREL" ||
     log "cannot bind $KROOT/lib/modules/$KREL to /lib/modules/$KREL"
 fi
 if [ -n "$LATE_MODULES" ]; then

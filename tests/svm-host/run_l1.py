@@ -21,7 +21,11 @@ Exit status:
          without a job status: kernel panic, triple fault, /init failure)
   124    the outer watchdog fired: the job ran past --timeout, or L1 hung
          (its heartbeat, rewritten every 5 s, stopped for --hang-timeout);
-         QEMU was killed
+         QEMU was killed. On a hang, RUN_DIR/l1-hang.json records the
+         evidence first: whether L1's console printed anything while the
+         heartbeat was stopped (a live L1 kernel reports a stuck CPU within
+         ~25 s: soft-lockup and RCU-stall detectors), and the L1 CPU state
+         (QEMU monitor 'info registers -a', three samples 1 s apart)
   125    harness failure: bad arguments, build-l1.sh failed, QEMU did not start
 A job can exit 123-125 itself; the last stderr line always says which case
 it was.
@@ -35,10 +39,12 @@ Example:
 """
 
 import argparse
+import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,9 +95,12 @@ def parse_args(argv):
     p.add_argument("--hang-timeout", type=float, default=180,
                    help="declare L1 hung when its heartbeat has not changed for this many "
                         "seconds after the job started; 0: off (default %(default)s)")
-    p.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default %(default)s)")
+    # The default shape is the one measured reliable (docs/svm-host.md):
+    # multi-threaded TCG hung L1 itself, single-threaded TCG with two L1 CPUs
+    # hung L2 guests of more than one vCPU (QEMU's as well as ours).
+    p.add_argument("--smp", type=int, default=1, help="L1 vCPUs (default %(default)s)")
     p.add_argument("--mem", default="4G", help="L1 memory (default %(default)s)")
-    p.add_argument("--tcg-thread", choices=("multi", "single"), default="multi",
+    p.add_argument("--tcg-thread", choices=("multi", "single"), default="single",
                    help="TCG threading: one host thread per vCPU or one for all (default %(default)s)")
     p.add_argument("--cpu", default="max,+svm", help="QEMU -cpu (default %(default)s)")
     p.add_argument("--root", choices=("auto", "overlay", "ro"), default="auto",
@@ -157,7 +166,7 @@ def job_script(a):
     return "\n".join(lines) + "\n"
 
 
-def qemu_argv(a, vmlinuz, initrd, work, console):
+def qemu_argv(a, vmlinuz, initrd, work, console, monitor):
     cmdline = " ".join(filter(None, [
         a.cmdline, f"svm.root={a.root}", f"svm.hostcache={a.host_cache}",
         f"svm.msize={a.msize}", a.append]))
@@ -165,7 +174,8 @@ def qemu_argv(a, vmlinuz, initrd, work, console):
         "nice", "-n", str(a.nice), a.qemu,
         "-accel", f"tcg,thread={a.tcg_thread}", "-cpu", a.cpu,
         "-smp", str(a.smp), "-m", a.mem,
-        "-nographic", "-no-reboot", "-vga", "none", "-nic", "none", "-monitor", "none",
+        "-nographic", "-no-reboot", "-vga", "none", "-nic", "none",
+        "-monitor", f"unix:{monitor},server=on,wait=off",
         "-serial", f"file:{console}",
         "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline,
         # The host's root, read-only; remap inode numbers across host mounts.
@@ -197,16 +207,68 @@ class Stream:
 
 
 class Heartbeat:
-    """Tracks when the heartbeat file in the work share last changed."""
+    """Tracks when the heartbeat file in the work share last changed, and the
+    size L1's console had then."""
 
-    def __init__(self, path):
-        self.path, self.value, self.since = path, None, None
+    def __init__(self, path, console):
+        self.path, self.console = path, console
+        self.value, self.since, self.console_size = None, None, 0
 
     def silent_for(self, now):
         value = read_text(self.path)
         if self.since is None or value != self.value:
             self.value, self.since = value, now
+            self.console_size = file_size(self.console)
         return now - self.since
+
+    def console_grew(self):
+        """Whether L1 printed on its console since the heartbeat last changed."""
+        return file_size(self.console) > self.console_size
+
+
+def file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def monitor_command(path, command, timeout=5.0):
+    """One HMP command on QEMU's monitor socket; its output (or the error)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sk:
+            sk.settimeout(timeout)
+            sk.connect(path)
+            sk.sendall(command.encode() + b"\n")
+            data, deadline = b"", time.monotonic() + timeout
+            # The reply ends with the next "(qemu) " prompt after the echo.
+            while data.count(b"(qemu) ") < 2 and time.monotonic() < deadline:
+                chunk = sk.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        return f"(monitor: {e})"
+    return data.decode(errors="replace").replace("\r", "")
+
+
+def record_hang(run_dir, monitor, beat, silent_s):
+    """Evidence of an L1 hang, before QEMU is killed: RUN_DIR/l1-hang.json."""
+    samples = []
+    for i in range(3):
+        if i:
+            time.sleep(1)
+        samples.append(monitor_command(monitor, "info registers -a"))
+    # Per sample, per CPU: "RIP=... CPL=n HLT=n" (EIP in 32-bit modes).
+    rips = [[" ".join(t for t in ln.split() if t.split("=")[0] in ("RIP", "EIP", "CPL", "HLT"))
+             for ln in smp.splitlines() if ln.startswith(("RIP=", "EIP="))]
+            for smp in samples]
+    evidence = {"heartbeat_silent_s": round(silent_s, 1),
+                "console_printed_while_silent": beat.console_grew(),
+                "rip_samples": rips, "registers": samples}
+    with open(os.path.join(run_dir, "l1-hang.json"), "w") as f:
+        json.dump(evidence, f, indent=1)
+    return evidence
 
 
 def read_text(path):
@@ -251,7 +313,8 @@ def run(a):
     with open(os.path.join(work, "job.sh"), "w") as f:
         f.write(job_script(a))
     console = os.path.abspath(a.console_log or os.path.join(run_dir, "console.log"))
-    argv = qemu_argv(a, vmlinuz, initrd, work, console)
+    monitor = os.path.join(run_dir, "monitor.sock")
+    argv = qemu_argv(a, vmlinuz, initrd, work, console, monitor)
     if not a.quiet:
         say(f"run dir {run_dir}; console log {console}")
         say("qemu: " + shlex.join(argv))
@@ -266,7 +329,7 @@ def run(a):
         raise HarnessError(f"cannot start QEMU: {e}")
     t_start = t_done = None
     outcome = None
-    beat = Heartbeat(os.path.join(work, "heartbeat"))
+    beat = Heartbeat(os.path.join(work, "heartbeat"), console)
     try:
         while True:
             now = time.monotonic()
@@ -290,7 +353,8 @@ def run(a):
                 outcome = ("timeout", None)
                 break
             if t_start is not None and a.hang_timeout > 0 and beat.silent_for(now) > a.hang_timeout:
-                outcome = ("hung", beat.silent_for(now))
+                silent = beat.silent_for(now)
+                outcome = ("hung", (silent, record_hang(run_dir, monitor, beat, silent)))
                 break
             time.sleep(POLL_S)
         if outcome[0] == "job":
@@ -340,7 +404,12 @@ def report(a, outcome, t0, t_start, t_done, run_dir, console):
             f"Run dir kept: {run_dir}")
         return EXIT_HARNESS
     if kind == "hung":
-        say(f"L1 hung: its heartbeat stopped for {value:.0f} s ({started}); "
+        silent, evidence = value
+        printed = ("it printed on its console meanwhile"
+                   if evidence["console_printed_while_silent"]
+                   else "its console was silent meanwhile")
+        say(f"L1 hung: its heartbeat stopped for {silent:.0f} s ({started}), {printed}; "
+            f"L1 RIP samples {evidence['rip_samples']} (l1-hang.json); "
             f"watchdog killed QEMU after {end - t0:.1f} s. Run dir kept: {run_dir}")
         return EXIT_TIMEOUT
     if kind == "timeout":
