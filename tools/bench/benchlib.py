@@ -1,10 +1,16 @@
 """Helpers shared by the benchmark scripts in tools/bench (stdlib only)."""
+import argparse
 import hashlib
 import json
 import os
+import re
 import select
+import signal
 import socket
+import subprocess
 import time
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def parse_size(text):
@@ -49,7 +55,6 @@ def host_info(qemu=None, **extra):
     """What a report records about the host: kernel, CPUs, nested PVM, load,
     CPU model and (if given) the QEMU binary's version; plus `extra`."""
     import platform
-    import subprocess
     info = {"kernel": platform.release(), "nproc": os.cpu_count(),
             "nested_pvm": os.path.exists("/sys/module/kvm_pvm"), **extra}
     try:
@@ -83,6 +88,41 @@ def add_vm_args(ap):
     ap.add_argument("--qemu-cpu", default=DEFAULT_QEMU_CPU,
                     help=f"QEMU -cpu (default {DEFAULT_QEMU_CPU}; plain 'host' aborts on the "
                          "nested build hosts)")
+
+
+VMMS = ("ours", "qemu")   # the two sides of a side-by-side benchmark
+
+
+def choice_list(choices):
+    """An argparse type: a comma-separated non-empty subset of choices, as a
+    list in the order given, without repeats."""
+    def parse(text):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def add_stock_vm_args(ap):
+    """--vmm, --qemu, --qemu-cpu, --qemu-machine-opts, --qemu-arg, --vmms: the
+    VMMs of the stock-kernel benchmarks and which of them run (QEMU's -append
+    is what our VMM logs as its command line for the same kernel)."""
+    ap.add_argument("--vmm", default=os.path.join(REPO, "build", "vmm", "vmm"),
+                    help="our vmm (default: build/vmm/vmm of this repository); also gives "
+                         "QEMU's kernel command line")
+    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
+    ap.add_argument("--qemu-cpu", default="host",
+                    help="QEMU -cpu (default host; 'host' aborts on nested PVM hosts, where "
+                         "stock kernels cannot run anyway)")
+    ap.add_argument("--qemu-machine-opts", default="",
+                    help="extra microvm options, e.g. acpi=on (default: none)")
+    ap.add_argument("--qemu-arg", action="append", default=[],
+                    help="extra QEMU argument, every QEMU process (repeatable)")
+    ap.add_argument("--vmms", type=choice_list(VMMS), default=list(VMMS),
+                    help="comma-separated subset of ours,qemu (default both)")
 
 
 def stat(vals):
@@ -175,6 +215,162 @@ def host_kvm_module():
         if os.path.isdir(f"/sys/module/{m}"):
             return m
     return None
+
+
+# ------------------------------------------------ a child process on pipes --
+
+class PipedProcess:
+    """A child process with its stdout and stderr on pipes, drained with
+    select, and a pidfd for its exit.
+
+    t0: monotonic time just before Popen (every time a script reports is
+    measured from it); t_exit: the time of the poll() that saw the pidfd
+    readable (None until then); out, err: everything read so far. A subclass
+    watches the output in on_read(), called after every read that added to
+    out or err. stdin: a pipe for send() (else /dev/null); pass_fds: file
+    descriptors the child inherits (e.g. QEMU's -incoming fd:N)."""
+
+    def __init__(self, cmd, stdin=True, pass_fds=()):
+        self.cmd = cmd
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  pass_fds=pass_fds)
+        self.pidfd = os.pidfd_open(self.p.pid)
+        self.out, self.err = bytearray(), bytearray()
+        self.open = {self.p.stdout.fileno(): self.out, self.p.stderr.fileno(): self.err}
+        self.t_exit = None
+
+    @property
+    def gone(self):
+        """Exited and both pipes at their end: nothing more will come."""
+        return self.t_exit is not None and not self.open
+
+    def fds(self):
+        """What poll() selects on: the pipes not yet at their end and, until
+        the exit is seen, the pidfd."""
+        return list(self.open) + ([self.pidfd] if self.t_exit is None and self.pidfd >= 0
+                                  else [])
+
+    def poll(self, timeout):
+        """One select over fds() for up to timeout s; reads what is ready (one
+        read per pipe) and notes the exit."""
+        fds = self.fds()
+        if not fds:
+            time.sleep(max(timeout, 0))
+            return
+        ready, _, _ = select.select(fds, [], [], max(timeout, 0))
+        now = time.monotonic()
+        for fd in ready:
+            if fd == self.pidfd:
+                self.t_exit = now
+            else:
+                self._read(fd, now)
+
+    def _read(self, fd, now):
+        buf = self.open[fd]
+        data = os.read(fd, 65536)
+        if not data:
+            del self.open[fd]
+            return
+        old_len = len(buf)
+        buf += data
+        self.on_read(buf, old_len, now)
+
+    def on_read(self, buf, old_len, now):
+        """Hook: buf (self.out or self.err) grew past old_len in the read at
+        `now` (monotonic). Does nothing here."""
+
+    def wait_until(self, done, timeout):
+        """Polls until done() returns something true (returned), or the process
+        is gone or timeout s pass (then done()'s last value)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = done()
+            if got:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0 or self.gone:
+                return done()
+            self.poll(min(left, 0.5))
+
+    def drain(self, seconds):
+        """Keeps reading for up to `seconds` (less once both pipes are at
+        their end)."""
+        end = time.monotonic() + seconds
+        while self.open and time.monotonic() < end:
+            self.poll(min(0.2, end - time.monotonic()))
+
+    def send(self, line):
+        """Writes line and a newline to stdin; False if the pipe is broken."""
+        try:
+            self.p.stdin.write(line.encode() + b"\n")
+            self.p.stdin.flush()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        """SIGKILL if still running (this child only, by its pid), and reap it:
+        its exit status."""
+        if self.p.poll() is None:
+            try:
+                self.p.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.p.wait()
+
+    def kill(self, drain=0):
+        """stop(), read what is left on the pipes for up to `drain` s, then close
+        the pipes and the pidfd. Returns the exit status; calling it again is
+        harmless."""
+        rc = self.stop()
+        if drain:
+            self.drain(drain)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self.open = {}
+        return rc
+
+
+class WatchedProcess(PipedProcess):
+    """A PipedProcess that notes when byte strings first appear on stdout
+    (out_needles) and stderr (err_needles), given as (key, needle) pairs:
+    seen[key] is the time of the read that completed the needle."""
+
+    def __init__(self, cmd, out_needles=(), err_needles=(), **kw):
+        self.out_needles, self.err_needles = dict(out_needles), dict(err_needles)
+        self.seen = {}
+        super().__init__(cmd, **kw)
+
+    def on_read(self, buf, old_len, now):
+        needles = self.out_needles if buf is self.out else self.err_needles
+        for key, needle in needles.items():
+            if key not in self.seen and buf.find(needle, max(0, old_len - len(needle))) >= 0:
+                self.seen[key] = now
+
+
+# Our VMM's log line with the guest's command line (QEMU gets it as -append).
+CMDLINE_RE = re.compile(rb"\] command line: ([^\r\n]*)\r?\n")
+
+
+def logged_cmdline(cmd, timeout):
+    """The command line our VMM gives the guest (its 'command line:' log line),
+    from the VMM `cmd` started just long enough to print it; None if it does
+    not within timeout s."""
+    p = PipedProcess(cmd)
+    try:
+        m = p.wait_until(lambda: CMDLINE_RE.search(p.err), timeout)
+        return m.group(1).decode(errors="replace") if m else None
+    finally:
+        p.kill()
 
 
 # ------------------------------------ control sockets: ours and QEMU's QMP --

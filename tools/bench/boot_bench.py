@@ -57,115 +57,39 @@ import json
 import os
 import platform
 import re
-import select
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import DEFAULT_QEMU_CPU, parse_size, smaps_split  # noqa: E402
+from benchlib import (CMDLINE_RE, DEFAULT_QEMU_CPU, VMMS, WatchedProcess,  # noqa: E402
+                      choice_list, logged_cmdline, parse_size, proc_status, smaps_split)
 
 READY = b"TESTGUEST READY"
 
 
 # ----------------------------------------------------------------- helpers --
 
-def read_status(pid):
-    """Selected /proc/PID/status fields, in KiB."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize",
-                           "Threads"):
-                    out[key] = int(val.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-class Proc:
-    """A child with its stdout/stderr drained through select and a pidfd for exit."""
-
-    def __init__(self, cmd, stdin=True):
-        self.cmd = cmd
-        self.t0 = time.monotonic()
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.pidfd = os.pidfd_open(self.p.pid)
-        self.out = bytearray()
-        self.err = bytearray()
-        self.open = {self.p.stdout.fileno(): self.out, self.p.stderr.fileno(): self.err}
-        self.t_exit = None
-
-    def _poll(self, timeout):
-        fds = list(self.open) + ([self.pidfd] if self.t_exit is None else [])
-        if not fds:
-            time.sleep(max(timeout, 0))
-            return
-        r, _, _ = select.select(fds, [], [], max(timeout, 0))
-        now = time.monotonic()
-        for fd in r:
-            if fd == self.pidfd:
-                self.t_exit = now
-                continue
-            data = os.read(fd, 65536)
-            if data:
-                self.open[fd] += data
-            else:
-                del self.open[fd]
+class Proc(WatchedProcess):
+    """benchlib's WatchedProcess (a child on pipes, needles on stdout/stderr)
+    with this script's two waits."""
 
     def wait_for(self, needle, timeout):
         """Time (monotonic) when needle was first read on stdout, or None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if needle in self.out:
-                return time.monotonic()
-            if self.t_exit is not None and not self.open:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self._poll(min(left, 1.0))
+        if self.wait_until(lambda: needle in self.out, timeout):
+            return time.monotonic()
+        return None
 
     def wait_exit(self, timeout):
-        deadline = time.monotonic() + timeout
-        while self.t_exit is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self._poll(left)
-        # drain what is left in the pipes (the process is gone)
-        end = time.monotonic() + 2
-        while self.open and time.monotonic() < end:
-            self._poll(0.2)
+        """The exit status, once the process is gone (what is left in its
+        pipes is read for up to 2 s more); None after timeout s."""
+        if not self.wait_until(lambda: self.t_exit is not None, timeout):
+            return None
+        self.drain(2)
         return self.p.wait()
-
-    def send(self, line):
-        self.p.stdin.write(line.encode() + b"\n")
-        self.p.stdin.flush()
-
-    def kill(self):
-        if self.p.poll() is None:
-            try:
-                self.p.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.p.wait()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
-            if f:
-                try:
-                    f.close()
-                except OSError:
-                    pass
 
 
 def ms(a, b):
@@ -199,7 +123,7 @@ def run_tiny_once(cmd, expect_rc, guest_bytes, timeout):
             r["error"] = "no READY: " + bytes(p.err[-2000:]).decode(errors="replace").strip()
             return r
         r["ready_ms"] = ms(p.t0, t_ready)
-        st = read_status(p.p.pid)
+        st = proc_status(p.p.pid)
         sm = smaps_split(p.p.pid, guest_bytes)
         t_sent = time.monotonic()
         r["sample_ms"] = ms(t_ready, t_sent)
@@ -305,7 +229,6 @@ LINUX_MILESTONES = [
 ]
 # Our VMM's log lines (stderr).
 PROBE_RE = re.compile(rb"boot probe: mark 1 at ([0-9.]+) ms since VMM start")
-CMDLINE_RE = re.compile(rb"\] command line: ([^\r\n]*)\r?\n")
 LOG_PREFIX_RE = re.compile(r"^\[[0-9:.]+\] \[\w+\] ")
 QEMU_RIP_RE = re.compile(rb"RIP=([0-9a-fA-F]{8,16})")
 # The stock kernel's command line in tests/e2e/linux_tests.py (DEBIAN_CMDLINE).
@@ -316,51 +239,8 @@ DEBIAN_CMDLINE = ("console=ttyS0 reboot=k nowatchdog i8042.noaux i8042.nomux "
 CACHE_DEFAULT = os.environ.get("VMM_CACHE", os.path.expanduser("~/.cache/vmm"))
 
 
-def _choice_list(choices):
-    def parse(text):
-        items = [x.strip() for x in text.split(",") if x.strip()]
-        bad = [x for x in items if x not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
-        return list(dict.fromkeys(items))
-    return parse
-
-
-kernel_list = _choice_list(("minimal", "debian"))
-vmm_list = _choice_list(("ours", "qemu"))
-
-
-class WatchedProc(Proc):
-    """A Proc that timestamps the first appearance of given byte strings on stdout
-    (out_needles) and stderr (err_needles) when the data is read."""
-
-    def __init__(self, cmd, out_needles, err_needles=()):
-        self.out_needles = dict(out_needles)
-        self.err_needles = dict(err_needles)
-        self.seen = {}  # key -> monotonic time of the read that completed the needle
-        super().__init__(cmd)
-
-    def _check(self, buf, old_len, needles, now):
-        for key, needle in needles.items():
-            if key not in self.seen and buf.find(needle, max(0, old_len - len(needle))) >= 0:
-                self.seen[key] = now
-
-    def _poll(self, timeout):
-        no, ne = len(self.out), len(self.err)
-        super()._poll(timeout)
-        now = time.monotonic()
-        if len(self.out) > no:
-            self._check(self.out, no, self.out_needles, now)
-        if len(self.err) > ne:
-            self._check(self.err, ne, self.err_needles, now)
-
-    def drain(self, seconds):
-        """Keeps reading for up to `seconds` (less if the process is gone and its
-        pipes are closed)."""
-        end = time.monotonic() + seconds
-        while self.open and time.monotonic() < end:
-            self._poll(min(0.2, end - time.monotonic()))
+kernel_list = choice_list(("minimal", "debian"))
+vmm_list = choice_list(VMMS)
 
 
 def last_line(buf):
@@ -440,18 +320,7 @@ def vmm_cmdline_probe(a, k):
     """The command line our VMM would give the guest (its 'command line:' log
     line), from a VMM started just long enough to print it. Used when the
     'ours' run did not happen or did not print it."""
-    p = WatchedProc(ours_linux_cmd(a, k), {})
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (p.t_exit is not None and not p.open):
-            m = CMDLINE_RE.search(p.err)
-            if m:
-                return m.group(1).decode(errors="replace")
-            p._poll(0.5)
-        m = CMDLINE_RE.search(p.err)
-        return m.group(1).decode(errors="replace") if m else None
-    finally:
-        p.kill()
+    return logged_cmdline(ours_linux_cmd(a, k), 120)
 
 
 def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
@@ -459,8 +328,8 @@ def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
     waits for the exit; otherwise stops at 'Run /init' + after_init_s, on a QEMU
     'KVM internal error', on exit, or at the timeout."""
     r = {"kernel": k["name"], "vmm": who, "command": cmd, "timeout_s": timeout}
-    p = WatchedProc(cmd, [(key, needle) for key, needle, _ in LINUX_MILESTONES],
-                    [("probe", b"boot probe: mark 1 at"), ("kvm_error", b"KVM internal error")])
+    p = Proc(cmd, [(key, needle) for key, needle, _ in LINUX_MILESTONES],
+             [("probe", b"boot probe: mark 1 at"), ("kvm_error", b"KVM internal error")])
     try:
         deadline = p.t0 + timeout
         while True:
@@ -482,16 +351,13 @@ def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
             if now >= deadline:
                 r["end"] = "timeout"
                 break
-            p._poll(min(deadline - now, 1.0))
+            p.poll(min(deadline - now, 1.0))
 
         if r["end"] == "marker":
-            r["status_kib"] = read_status(p.p.pid)
+            r["status_kib"] = proc_status(p.p.pid)
             r["smaps"] = smaps_split(p.p.pid, guest_bytes)
             t_sent = time.monotonic()
-            try:
-                p.send("poweroff")
-            except OSError:
-                pass
+            p.send("poweroff")
             rc = p.wait_exit(a.poweroff_timeout)
             if rc is None:
                 r["end"] = "poweroff_timeout"
@@ -504,7 +370,7 @@ def run_linux_once(a, k, who, cmd, guest_bytes, timeout, syms):
             r["exit_s"] = p.t_exit - p.t0
         else:
             # still running: keep its memory figures, then stop it
-            r["status_kib"] = read_status(p.p.pid)
+            r["status_kib"] = proc_status(p.p.pid)
             r["smaps"] = smaps_split(p.p.pid, guest_bytes)
         r["killed"] = p.p.poll() is None
         p.kill()

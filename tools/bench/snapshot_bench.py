@@ -81,16 +81,11 @@ Output: markdown on stdout (medians, min-max, ours/QEMU ratios of medians);
 """
 import argparse
 import datetime
-import hashlib
 import json
 import os
-import platform
 import re
-import select
 import shlex
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,8 +93,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (  # noqa: E402
-    DEFAULT_QEMU_CPU, QEMU_UNLIMITED_BW, QMP, BenchError, JsonLines, add_vm_args, stat, ratio,
-    host_info, parse_size, loadavg, sha256_file)
+    QEMU_UNLIMITED_BW, QMP, BenchError, JsonLines, PipedProcess, add_vm_args,
+    stat, ratio, host_info, parse_size, loadavg, proc_status, sha256_file)
 
 READY = b"TESTGUEST READY"
 
@@ -126,19 +121,6 @@ def file_sizes(path):
     """(apparent bytes, allocated bytes) of a file."""
     st = os.stat(path)
     return st.st_size, st.st_blocks * 512
-
-
-def read_status(pid):
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                    out[key] = int(val.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def faults(pid):
@@ -202,39 +184,17 @@ def log_wall(m, ref_wall):
 RunError = BenchError
 
 
-class Child:
-    """A VMM process: stdout/stderr drained through select, a pidfd for its exit."""
+class Child(PipedProcess):
+    """A VMM process (benchlib's PipedProcess) whose serial input is written
+    without blocking and whose stdout is read as lines. who names it in errors;
+    t0_wall is the wall-clock time taken just before t0."""
 
     def __init__(self, who, cmd, pass_fds=()):
         self.who = who
-        self.cmd = cmd
         self.t0_wall = time.time()
-        self.t0 = time.monotonic()
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, pass_fds=pass_fds)
-        self.pidfd = os.pidfd_open(self.p.pid)
+        super().__init__(cmd, pass_fds=pass_fds)
         os.set_blocking(self.p.stdin.fileno(), False)
-        self.out = bytearray()
-        self.err = bytearray()
         self.scan = 0  # stdout offset up to which complete lines were consumed
-        self.open = {self.p.stdout.fileno(): self.out, self.p.stderr.fileno(): self.err}
-        self.exited = None
-
-    def _poll(self, timeout):
-        fds = list(self.open) + ([self.pidfd] if self.exited is None else [])
-        if not fds:
-            time.sleep(max(timeout, 0))
-            return
-        r, _, _ = select.select(fds, [], [], max(timeout, 0))
-        for fd in r:
-            if fd == self.pidfd:
-                self.exited = time.monotonic()
-                continue
-            data = os.read(fd, 65536)
-            if data:
-                self.open[fd] += data
-            else:
-                del self.open[fd]
 
     def lines(self):
         """New complete stdout lines (consumed)."""
@@ -245,9 +205,6 @@ class Child:
                 return out
             out.append(bytes(self.out[self.scan:i]).decode(errors="replace").strip("\r"))
             self.scan = i + 1
-
-    def dead(self):
-        return self.exited is not None and not self.open
 
     def stderr_tail(self, n=1500):
         return bytes(self.err[-n:]).decode(errors="replace").strip()
@@ -263,31 +220,22 @@ class Child:
             return False
 
     def wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while READY not in self.out:
-            if self.dead():
-                raise RunError(f"{self.who}: exited before READY: {self.stderr_tail()}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RunError(f"{self.who}: no READY within {timeout} s: {self.stderr_tail()}")
-            self._poll(min(left, 0.5))
+        """Waits for READY on stdout; the complete lines from READY's on are
+        consumed."""
+        if not self.wait_until(lambda: READY in self.out, timeout):
+            why = "exited before READY" if self.gone else f"no READY within {timeout} s"
+            raise RunError(f"{self.who}: {why}: {self.stderr_tail()}")
         self.scan = self.out.find(READY)
         self.lines()
 
     def command(self, line, answer, timeout):
         """Writes line, returns the time of reading the line == answer."""
         self.write(line.encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            for l in self.lines():
-                if l == answer:
-                    return time.monotonic()
-            if self.dead():
-                raise RunError(f"{self.who}: exited: {self.stderr_tail()}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RunError(f"{self.who}: no answer {answer!r} within {timeout} s")
-            self._poll(min(left, 0.5))
+        if self.wait_until(lambda: answer in self.lines(), timeout):
+            return time.monotonic()
+        if self.gone:
+            raise RunError(f"{self.who}: exited: {self.stderr_tail()}")
+        raise RunError(f"{self.who}: no answer {answer!r} within {timeout} s")
 
     def ping_until_answer(self, interval, timeout):
         """Restore-to-running: pings `echo sbN` until a line sbN comes back.
@@ -310,36 +258,20 @@ class Child:
                 if m and int(m.group(1)) in sent:
                     k = int(m.group(1))
                     return time.monotonic(), k, n, sent[k]
-            if self.dead():
+            if self.gone:
                 raise RunError(f"{self.who}: exited before answering: {self.stderr_tail()}")
             if now >= deadline:
                 raise RunError(f"{self.who}: no answer within {timeout} s "
                                f"(stdout {bytes(self.out[-200:])!r}): {self.stderr_tail()}")
-            self._poll(max(0.0, min(next_send - time.monotonic(), deadline - now)))
+            self.poll(max(0.0, min(next_send - time.monotonic(), deadline - now)))
 
     def finish(self, timeout=15):
-        """'exit 0' (after any queued input), wait; SIGKILL if it does not go."""
-        if self.exited is None and self.p.poll() is None:
+        """'exit 0' (after any queued input), wait; SIGKILL if it does not go;
+        then what is left on the pipes (up to 2 s) and close. The exit status."""
+        if self.t_exit is None and self.p.poll() is None:
             self.write(b"\nexit 0\n")
-            deadline = time.monotonic() + timeout
-            while self.exited is None and time.monotonic() < deadline:
-                self._poll(min(0.5, deadline - time.monotonic()))
-        if self.p.poll() is None:
-            try:
-                self.p.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        rc = self.p.wait()
-        end = time.monotonic() + 2
-        while self.open and time.monotonic() < end:
-            self._poll(0.1)
-        os.close(self.pidfd)
-        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
-        return rc
+            self.wait_until(lambda: self.t_exit is not None, timeout)
+        return self.kill(drain=2)
 
 
 def ms(a, b):
@@ -429,7 +361,7 @@ def measure_restore(a, c, r):
         r["restore_ms"] = ms(c.t0, t_ans)
         r["answered_ping"], r["pings_sent"] = k, n
         r["ping_rtt_ms"] = ms(t_sent, t_ans)
-        r["status_kib"] = read_status(c.p.pid)
+        r["status_kib"] = proc_status(c.p.pid, ("VmRSS", "RssAnon", "RssFile", "RssShmem"))
         r["minflt"], r["majflt"] = faults(c.p.pid)
         r["cpu_ms"], r["runq_wait_ms"] = sched(c.p.pid)
     finally:

@@ -70,19 +70,16 @@ import argparse
 import json
 import os
 import re
-import select
 import shlex
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from benchlib import (host_info, host_kvm_module, loadavg, parse_size,  # noqa: E402
+from benchlib import (CMDLINE_RE, VMMS, WatchedProcess, add_stock_vm_args,  # noqa: E402
+                      choice_list, host_info, host_kvm_module, loadavg, logged_cmdline, parse_size,
                       proc_status, smaps_split, stat)
 
 CACHE_DEFAULT = os.environ.get("VMM_CACHE", os.path.expanduser("~/.cache/vmm"))
@@ -90,7 +87,6 @@ KERNELS = {  # name -> (kernel dir under CACHE/kernel, initramfs under CACHE/ini
     "cloud": ("debian", "initramfs-debian.cpio"),
     "generic": ("debian-generic", "initramfs-debian-generic.cpio"),
 }
-VMMS = ("ours", "qemu")
 VMM_LABEL = {"ours": "ours", "qemu": "QEMU microvm"}
 
 MILESTONES = [(b"Linux version", "banner"), (b"Run /init as init process", "run_init"),
@@ -99,7 +95,6 @@ ANSWER_CMD = "echo answer=$((6*7)) nproc=$(nproc)"
 ANSWER_RE = re.compile(rb"answer=42 nproc=(\d+)")  # the typed line's echo never matches
 PANIC = b"Kernel panic"
 KVM_ERROR = b"KVM internal error"
-CMDLINE_RE = re.compile(rb"\] command line: ([^\r\n]*)\r?\n")
 LOG_PREFIX_RE = re.compile(r"^\[[0-9:. -]+\] \[\w+\] ")
 # What the kernel prints when it resets or powers off on purpose.
 KERNEL_REBOOT = (b"reboot: Restarting system", b"reboot: Power down", b"reboot: System halted")
@@ -107,93 +102,22 @@ KERNEL_REBOOT = (b"reboot: Restarting system", b"reboot: Power down", b"reboot: 
 
 # ------------------------------------------------------------ one process --
 
-class Console:
-    """A VMM process with its serial console on our pipes: stdout/stderr drained
-    with select, a pidfd for its exit, first-read times of needles on stdout.
-    pass_fds: file descriptors the child inherits (e.g. QEMU's -incoming fd:N)."""
+class Console(WatchedProcess):
+    """A VMM process with its serial console on our pipes (benchlib's
+    WatchedProcess): needles are (bytes, key) pairs watched on stdout, seen[key]
+    the time of the read that completed one; t_last_out the time console bytes
+    last arrived. pass_fds: file descriptors the child inherits (e.g. QEMU's
+    -incoming fd:N)."""
 
     def __init__(self, cmd, needles, pass_fds=()):
-        self.needles = dict(needles)   # bytes -> key
-        self.seen = {}                 # key -> monotonic time of the read that completed it
-        self.t0 = time.monotonic()
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, pass_fds=pass_fds)
-        self.pidfd = os.pidfd_open(self.p.pid)
-        self.out, self.err = bytearray(), bytearray()
-        self.open = {self.p.stdout.fileno(): self.out, self.p.stderr.fileno(): self.err}
-        self.t_exit = None
-        self.t_last_out = self.t0   # last time console bytes arrived
+        super().__init__(cmd, [(key, needle) for needle, key in dict(needles).items()],
+                         pass_fds=pass_fds)
+        self.t_last_out = self.t0
 
-    @property
-    def gone(self):
-        """Exited and both pipes drained."""
-        return self.t_exit is not None and not self.open
-
-    def poll(self, timeout):
-        fds = list(self.open) + ([self.pidfd] if self.t_exit is None else [])
-        if not fds:
-            time.sleep(max(timeout, 0))
-            return
-        r, _, _ = select.select(fds, [], [], max(timeout, 0))
-        now = time.monotonic()
-        for fd in r:
-            if fd == self.pidfd:
-                self.t_exit = now
-                continue
-            buf = self.open[fd]
-            old = len(buf)
-            data = os.read(fd, 65536)
-            if not data:
-                del self.open[fd]
-                continue
-            buf += data
-            if buf is self.out:
-                self.t_last_out = now
-                for needle, key in self.needles.items():
-                    if key not in self.seen and buf.find(needle, max(0, old - len(needle))) >= 0:
-                        self.seen[key] = now
-
-    def wait_until(self, done, timeout):
-        """Polls until done() is true (returns True), the process is gone or the
-        timeout passes (False)."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.gone:
-                return done()
-            self.poll(min(left, 0.5))
-        return True
-
-    def drain(self, seconds):
-        end = time.monotonic() + seconds
-        while self.open and time.monotonic() < end:
-            self.poll(min(0.2, end - time.monotonic()))
-
-    def send(self, line):
-        try:
-            self.p.stdin.write(line.encode() + b"\n")
-            self.p.stdin.flush()
-            return True
-        except OSError:
-            return False
-
-    def kill(self):
-        """SIGKILL if still running (only this child), then close everything."""
-        if self.p.poll() is None:
-            try:
-                self.p.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        rc = self.p.wait()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
-        return rc
+    def on_read(self, buf, old_len, now):
+        if buf is self.out:
+            self.t_last_out = now
+        super().on_read(buf, old_len, now)
 
 
 # --------------------------------------------------------------- commands --
@@ -220,13 +144,7 @@ def qemu_cmd(a, kernel, initrd, append):
 def probe_cmdline(a, kernel, initrd):
     """The command line our VMM gives this kernel (its 'command line:' log
     line), from a VMM started just long enough to print it."""
-    c = Console(ours_cmd(a, kernel, initrd), {})
-    try:
-        c.wait_until(lambda: CMDLINE_RE.search(c.err), 60)
-        m = CMDLINE_RE.search(c.err)
-        return m.group(1).decode(errors="replace") if m else None
-    finally:
-        c.kill()
+    return logged_cmdline(ours_cmd(a, kernel, initrd), 60)
 
 
 # --------------------------------------------------------------- one boot --
@@ -597,37 +515,15 @@ def load_results(paths):
     return merged
 
 
-def parse_list(choices):
-    def parse(text):
-        items = [x.strip() for x in text.split(",") if x.strip()]
-        bad = [x for x in items if x not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
-        return list(dict.fromkeys(items))
-    return parse
-
-
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 1)[1])
-    ap.add_argument("--vmm", default=os.path.join(REPO, "build", "vmm", "vmm"),
-                    help="our vmm (default: build/vmm/vmm of this repository)")
-    ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
-    ap.add_argument("--qemu-cpu", default="host",
-                    help="QEMU -cpu (default host; 'host' aborts on nested PVM hosts, where "
-                         "stock kernels cannot run anyway)")
-    ap.add_argument("--qemu-machine-opts", default="",
-                    help="extra microvm options, e.g. acpi=on (default: none)")
-    ap.add_argument("--qemu-arg", action="append", default=[],
-                    help="extra QEMU argument (repeatable)")
+    add_stock_vm_args(ap)
     ap.add_argument("--vmm-arg", action="append", default=[],
                     help="extra argument for our vmm (repeatable)")
-    ap.add_argument("--kernels", type=parse_list(tuple(KERNELS)), default=["cloud", "generic"],
+    ap.add_argument("--kernels", type=choice_list(tuple(KERNELS)), default=["cloud", "generic"],
                     help="comma-separated subset of cloud,generic (default both)")
-    ap.add_argument("--vmms", type=parse_list(VMMS), default=list(VMMS),
-                    help="comma-separated subset of ours,qemu (default both)")
     ap.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     ap.add_argument("--mem", default="256M", help="guest RAM (default 256M)")
     ap.add_argument("-n", "--iterations", type=int, default=3,
