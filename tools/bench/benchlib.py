@@ -8,6 +8,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -536,3 +537,26 @@ class QMP(JsonLines):
         if "error" in r:
             raise BenchError(f"QMP {name} {args}: {r['error']}")
         return r.get("return")
+
+
+def failure_kinds(records):
+    """'2 timeout, 1 panic' for the records whose outcome is not 'ok'; '-' if none."""
+    kinds = {}
+    for r in records:
+        if r["outcome"] != "ok":
+            kinds[r["outcome"]] = kinds.get(r["outcome"], 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "-"
+
+
+def emit_result(result, json_out, as_json, markdown):
+    """A bench's result: to the file json_out (if given), then JSON or the
+    markdown text markdown() returns on stdout."""
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=1)
+    if as_json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        text = markdown()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")

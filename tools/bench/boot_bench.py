@@ -66,7 +66,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (CMDLINE_RE, DEFAULT_QEMU_CPU, VMMS, WatchedProcess,  # noqa: E402
-                      choice_list, logged_cmdline, parse_size, proc_status, smaps_split)
+                      choice_list, emit_result, logged_cmdline, parse_size, proc_status,
+                      smaps_split)
 
 READY = b"TESTGUEST READY"
 
@@ -754,14 +755,7 @@ def main():
     result = {"host": host_info(a.qemu), "args": {k: v for k, v in vars(a).items()}}
     result["tiny"] = None if a.skip_tiny else bench_tiny(a)
     result["linux"] = None if a.skip_linux else bench_linux(a)
-    if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(result, f, indent=1)
-    if a.json:
-        json.dump(result, sys.stdout, indent=1)
-        print()
-    else:
-        print(report_markdown(a, result))
+    emit_result(result, a.json_out, a.json, lambda: report_markdown(a, result))
     # Linux boots that stop early are results, not failures: only the tiny guest
     # (which must reach READY and exit on every run) decides the exit status.
     return 1 if result["tiny"] and any(result["tiny"]["failures"].values()) else 0

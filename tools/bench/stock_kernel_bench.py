@@ -79,8 +79,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 from benchlib import (CMDLINE_RE, VMMS, WatchedProcess, add_stock_vm_args,  # noqa: E402
-                      choice_list, host_info, host_kvm_module, loadavg, logged_cmdline, parse_size,
-                      proc_status, smaps_split, stat)
+                      choice_list, emit_result, failure_kinds, host_info, host_kvm_module,
+                      loadavg, logged_cmdline, parse_size, proc_status, smaps_split, stat)
 
 CACHE_DEFAULT = os.environ.get("VMM_CACHE", os.path.expanduser("~/.cache/vmm"))
 KERNELS = {  # name -> (kernel dir under CACHE/kernel, initramfs under CACHE/initramfs)
@@ -423,11 +423,7 @@ def outcome_table(runs, kernels):
             rs = [r for r in runs if r["kernel"] == k and r["vmm"] == w]
             if not rs:
                 continue
-            kinds = {}
-            for r in rs:
-                if r["outcome"] != "ok":
-                    kinds[r["outcome"]] = kinds.get(r["outcome"], 0) + 1
-            fails = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "-"
+            fails = failure_kinds(rs)
             ok = sum(1 for r in rs if r["outcome"] == "ok")
             done = sum(1 for r in rs if r["outcome"] in COMPLETED)
             out.append(f"| {k} | {VMM_LABEL[w]} | {len(rs)} | {ok} | {done} | {fails} |")
@@ -585,14 +581,7 @@ def main():
                 f.write(json.dumps({"type": "header", "host": host, "args": args}) + "\n")
         result = {"host": host, "args": args, **run_bench(a)}
         result["host"]["loadavg_end"] = loadavg()
-    if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(result, f, indent=1)
-    if a.json:
-        json.dump(result, sys.stdout, indent=1)
-        print()
-    else:
-        sys.stdout.write(report_markdown(result))
+    emit_result(result, a.json_out, a.json, lambda: report_markdown(result))
     return 0
 
 
