@@ -22,9 +22,9 @@ Exit status:
   124    the outer watchdog fired: the job ran past --timeout, or L1 hung
          (its heartbeat, rewritten every 5 s, stopped for --hang-timeout);
          QEMU was killed. On a hang, RUN_DIR/l1-hang.json records the
-         evidence first: whether L1's console printed anything while the
-         heartbeat was stopped (a live L1 kernel reports a stuck CPU within
-         ~25 s: soft-lockup and RCU-stall detectors), and the L1 CPU state
+         evidence first: for how long L1's console has been silent (a live
+         L1 kernel reports a stuck CPU within ~25 s, and again while it
+         stays stuck: soft-lockup and RCU-stall detectors), and the L1 CPU state
          (QEMU monitor 'info registers -a', three samples 1 s apart)
   125    harness failure: bad arguments, build-l1.sh failed, QEMU did not start
 A job can exit 123-125 itself; the last stderr line always says which case
@@ -207,23 +207,24 @@ class Stream:
 
 
 class Heartbeat:
-    """Tracks when the heartbeat file in the work share last changed, and the
-    size L1's console had then."""
+    """Tracks when the heartbeat file in the work share last changed."""
 
-    def __init__(self, path, console):
-        self.path, self.console = path, console
-        self.value, self.since, self.console_size = None, None, 0
+    def __init__(self, path):
+        self.path, self.value, self.since = path, None, None
 
     def silent_for(self, now):
         value = read_text(self.path)
         if self.since is None or value != self.value:
             self.value, self.since = value, now
-            self.console_size = file_size(self.console)
         return now - self.since
 
-    def console_grew(self):
-        """Whether L1 printed on its console since the heartbeat last changed."""
-        return file_size(self.console) > self.console_size
+
+def console_quiet_s(console):
+    """Seconds since L1 last wrote to its console (QEMU appends to the file)."""
+    try:
+        return time.time() - os.path.getmtime(console)
+    except OSError:
+        return None
 
 
 def file_size(path):
@@ -252,7 +253,7 @@ def monitor_command(path, command, timeout=5.0):
     return data.decode(errors="replace").replace("\r", "")
 
 
-def record_hang(run_dir, monitor, beat, silent_s):
+def record_hang(run_dir, monitor, console, silent_s):
     """Evidence of an L1 hang, before QEMU is killed: RUN_DIR/l1-hang.json."""
     samples = []
     for i in range(3):
@@ -264,7 +265,7 @@ def record_hang(run_dir, monitor, beat, silent_s):
              for ln in smp.splitlines() if ln.startswith(("RIP=", "EIP="))]
             for smp in samples]
     evidence = {"heartbeat_silent_s": round(silent_s, 1),
-                "console_printed_while_silent": beat.console_grew(),
+                "console_quiet_s": round(console_quiet_s(console) or 0, 1),
                 "rip_samples": rips, "registers": samples}
     with open(os.path.join(run_dir, "l1-hang.json"), "w") as f:
         json.dump(evidence, f, indent=1)
@@ -329,7 +330,7 @@ def run(a):
         raise HarnessError(f"cannot start QEMU: {e}")
     t_start = t_done = None
     outcome = None
-    beat = Heartbeat(os.path.join(work, "heartbeat"), console)
+    beat = Heartbeat(os.path.join(work, "heartbeat"))
     try:
         while True:
             now = time.monotonic()
@@ -354,7 +355,7 @@ def run(a):
                 break
             if t_start is not None and a.hang_timeout > 0 and beat.silent_for(now) > a.hang_timeout:
                 silent = beat.silent_for(now)
-                outcome = ("hung", (silent, record_hang(run_dir, monitor, beat, silent)))
+                outcome = ("hung", (silent, record_hang(run_dir, monitor, console, silent)))
                 break
             time.sleep(POLL_S)
         if outcome[0] == "job":
@@ -405,9 +406,7 @@ def report(a, outcome, t0, t_start, t_done, run_dir, console):
         return EXIT_HARNESS
     if kind == "hung":
         silent, evidence = value
-        printed = ("it printed on its console meanwhile"
-                   if evidence["console_printed_while_silent"]
-                   else "its console was silent meanwhile")
+        printed = f"its console silent for the last {evidence['console_quiet_s']:.0f} s"
         say(f"L1 hung: its heartbeat stopped for {silent:.0f} s ({started}), {printed}; "
             f"L1 RIP samples {evidence['rip_samples']} (l1-hang.json); "
             f"watchdog killed QEMU after {end - t0:.1f} s. Run dir kept: {run_dir}")
