@@ -14,7 +14,8 @@ VMM_SVM=off; 1 the test failed or L1 failed (hung, died): an L1 failure is
 never a pass (its run directory, with L1's console, is kept and named).
 
 One retry, reported, for one signature only: L1 hung with its console
-silent for the last 150 s (run_l1.py's l1-hang.json). L1's kernel runs soft-lockup and RCU-stall
+silent for the last 150 s and a CPU stuck at one RIP, not halted
+(run_l1.py's l1-hang.json). L1's kernel runs soft-lockup and RCU-stall
 detectors off its timer interrupt and reports a stuck CPU within ~25 s; on
 a real CPU, kvm_amd always intercepts physical interrupts while its guest
 runs, so L1's timer is delivered whatever our VMM or its guest does. A silent
@@ -118,13 +119,20 @@ def main():
 
 def silent_l1_hang(run_dir):
     """Whether run_l1.py recorded an L1 hang whose console had been silent for
-    CONSOLE_QUIET_S or more when QEMU was stopped."""
+    CONSOLE_QUIET_S or more when QEMU was stopped, with an L1 CPU stuck: the
+    same RIP, not halted, in every register sample (an idle L1 whose
+    heartbeat process merely died would show HLT=1)."""
     try:
         with open(os.path.join(run_dir, "l1-hang.json")) as f:
-            quiet = json.load(f).get("console_quiet_s")
+            evidence = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(quiet, (int, float)) and quiet >= CONSOLE_QUIET_S
+    quiet = evidence.get("console_quiet_s")
+    if not isinstance(quiet, (int, float)) or quiet < CONSOLE_QUIET_S:
+        return False
+    samples = evidence.get("rip_samples") or []
+    per_cpu = list(zip(*samples)) if samples and all(samples) else []
+    return any(len(set(cpu)) == 1 and "HLT=0" in cpu[0] for cpu in per_cpu)
 
 
 if __name__ == "__main__":
