@@ -227,13 +227,6 @@ def console_quiet_s(console):
         return None
 
 
-def file_size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
 def monitor_command(path, command, timeout=5.0):
     """One HMP command on QEMU's monitor socket; its output (or the error)."""
     try:
@@ -353,8 +346,8 @@ def run(a):
             if now - t0 > a.timeout:
                 outcome = ("timeout", None)
                 break
-            if t_start is not None and a.hang_timeout > 0 and beat.silent_for(now) > a.hang_timeout:
-                silent = beat.silent_for(now)
+            silent = beat.silent_for(now) if t_start is not None else 0
+            if a.hang_timeout > 0 and silent > a.hang_timeout:
                 outcome = ("hung", (silent, record_hang(run_dir, monitor, console, silent)))
                 break
             time.sleep(POLL_S)
